@@ -1,0 +1,57 @@
+# qemu-postcopy: a patch series against Debian 12's QEMU 7.2.
+#
+#   make check   set up the host, fetch and verify the base, apply the
+#                series, build, and run every test (the CI entry point)
+#   make tree    (re)generate build/qemu: the base plus patches/series
+#   make export  write build/qemu's commits back into patches/
+#   make build   build the current build/qemu incrementally
+#   make test    run the tests against the current build, without
+#                regenerating the tree
+#
+# Variables: ONLY=<substring> limits the migration-test cases run,
+# PAIRINGS=ours-ours,stock-ours,ours-stock picks the pairings.
+
+SHELL := /bin/bash
+TOP := $(CURDIR)
+OBJ := $(TOP)/build/obj
+PAIRINGS ?= ours-ours,stock-ours,ours-stock
+ONLY ?=
+
+.PHONY: all setup base tree export build checkpatch test check clean
+
+all: build
+
+setup:
+	@bash scripts/setup-host.sh
+
+base: setup
+	@bash scripts/fetch-base.sh
+
+tree: base
+	@bash scripts/make-tree.sh
+
+export:
+	@bash scripts/export.sh
+
+build:
+	@bash scripts/build.sh
+
+checkpatch:
+	@bash scripts/checkpatch.sh
+
+test:
+	@python3 tests/run-migration-tests.py \
+	    --ours $(OBJ)/qemu-system-x86_64 \
+	    --test $(OBJ)/tests/qtest/migration-test \
+	    --obj $(OBJ) --tree $(TOP)/build/qemu \
+	    --pairings $(PAIRINGS) --only '$(ONLY)' \
+	    --logdir $(TOP)/build/test-logs \
+	    --json $(TOP)/build/test-results.json
+
+check: tree
+	@$(MAKE) --no-print-directory build
+	@$(MAKE) --no-print-directory checkpatch
+	@$(MAKE) --no-print-directory test
+
+clean:
+	rm -rf build/obj build/test-logs build/test-results.json

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Configure (once) and build, out of tree in build/obj, what the tests and
+# the demo need: qemu-system-x86_64, migration-test and the unit tests the
+# series adds.  meson picks up ccache when it is installed.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+time_phase build
+
+[ -d "$TREE/.git" ] || die "no tree; run make tree"
+
+# Debian's firmware packages install here; a build-tree binary otherwise
+# only looks in its own (empty, for Debian's source) bundle directory.
+FIRMWARE=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
+
+configure_args=(
+    --target-list=x86_64-softmmu
+    --firmwarepath="$FIRMWARE"
+    --disable-docs --disable-user --disable-tools --disable-guest-agent
+    --enable-kvm --enable-tcg --enable-gnutls --enable-slirp
+    --disable-sdl --disable-gtk --disable-vnc --disable-spice --disable-opengl
+    --disable-xen --disable-capstone --disable-werror
+)
+# Reconfigure when the options change; otherwise ninja re-runs meson itself
+# when a meson.build changes.
+want="${configure_args[*]}"
+if [ ! -f "$OBJ/build.ninja" ] || [ "$(cat "$OBJ/.configure-args" 2>/dev/null)" != "$want" ]; then
+    rm -rf "$OBJ"
+    mkdir -p "$OBJ"
+    say "configure"
+    (cd "$OBJ" && "$TREE/configure" "${configure_args[@]}") >"$BUILD/configure.log" 2>&1 ||
+        { tail -n 40 "$BUILD/configure.log"; die "configure failed (log: $BUILD/configure.log)"; }
+    echo "$want" >"$OBJ/.configure-args"
+fi
+
+targets=(qemu-system-x86_64 tests/qtest/migration-test)
+# Unit tests the series adds are listed, one ninja target a line.
+if [ -f "$TOP/tests/unit-targets" ]; then
+    while read -r t; do
+        [ -n "$t" ] && [ "${t#\#}" = "$t" ] && targets+=("$t")
+    done <"$TOP/tests/unit-targets"
+fi
+
+say "ninja ${targets[*]}"
+if ! ninja -C "$OBJ" "${targets[@]}" >"$BUILD/build.log" 2>&1; then
+    grep -E 'error:|Error|FAILED' "$BUILD/build.log" | head -n 30 >&2
+    # Name the patches that touched the files the compiler complained about.
+    files=$(grep -oE '[^ :]+\.[ch]:[0-9]+:[0-9]+: error' "$BUILD/build.log" |
+            cut -d: -f1 | sed "s|^\.\./\.\./qemu/||; s|^$TREE/||" | sort -u)
+    if [ -n "$files" ]; then
+        echo "patches of the series that touch the failing files:" >&2
+        # shellcheck disable=SC2086
+        git -C "$TREE" log --format='  %h %s' base..HEAD -- $files >&2 || true
+    fi
+    die "build failed (log: $BUILD/build.log)"
+fi
+# A build-tree binary relocates the firmware path into $OBJ/qemu-bundle
+# (see get_relocated_path()); point the relocated directories at Debian's.
+IFS=: read -r -a fwdirs <<<"$FIRMWARE"
+for d in "${fwdirs[@]}"; do
+    mkdir -p "$OBJ/qemu-bundle$(dirname "$d")"
+    ln -sfn "$d" "$OBJ/qemu-bundle$d"
+done
+say "built: $OBJ/qemu-system-x86_64"
