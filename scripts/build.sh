@@ -18,7 +18,7 @@ configure_args=(
     --disable-docs --disable-user --disable-tools --disable-guest-agent
     --enable-kvm --enable-tcg --enable-gnutls --enable-slirp
     --disable-sdl --disable-gtk --disable-vnc --disable-spice --disable-opengl
-    --disable-xen --disable-capstone --disable-werror
+    --disable-xen --disable-capstone --enable-werror
 )
 # Reconfigure when the options change; otherwise ninja re-runs meson itself
 # when a meson.build changes.

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Feed malformed QEMU_VM_COMMAND sections to an incoming QEMU.
+
+Each case writes a migration stream (header, then command sections) to a
+file and starts $OURS with `-incoming exec:cat FILE`.  A malformed command
+must fail the incoming migration with an error that names what was wrong,
+and QEMU must exit by itself with status 1, never by a signal (a crash or
+an abort).  A well-formed stream is the control: it must load and leave
+QEMU running with the migration completed.
+"""
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+QEMU = os.environ.get("OURS") or sys.exit("OURS is not set")
+
+QEVM_HEADER = struct.pack(">II", 0x5145564D, 3)
+SECTION_COMMAND = 0x08
+SECTION_EOF = 0x00
+
+
+def command(cmd, payload, length=None):
+    """A command section; @length overrides the real payload length."""
+    if length is None:
+        length = len(payload)
+    return bytes([SECTION_COMMAND]) + struct.pack(">HH", cmd, length) + payload
+
+
+def discard(name, ranges, version=0, name_len=None, terminator=0):
+    body = bytes([version, len(name) if name_len is None else name_len])
+    body += name + bytes([terminator])
+    for start, length in ranges:
+        body += struct.pack(">QQ", start, length)
+    return command(6, body)
+
+
+ADVISE_NO_RAM = command(3, b"")
+
+# name, stream after the header, text the error must contain
+BAD = [
+    ("unknown command", command(0x20, b""),
+     "unknown migration command 32"),
+    ("command 0", command(0, b""), "unknown migration command 0"),
+    ("PING too short", command(2, b"\0\0\0"),
+     "PING: payload of 3 bytes, expected 4"),
+    ("LISTEN with a payload", command(4, b"\0"),
+     "POSTCOPY_LISTEN: payload of 1 bytes, expected 0"),
+    ("ADVISE of 8 bytes", command(3, b"\0" * 8), "expected 0 or 16"),
+    ("payload cut short by the end of the stream",
+     command(2, b"\0\0", length=4), "stream ended in its payload"),
+    ("DISCARD name longer than the payload",
+     ADVISE_NO_RAM + discard(b"pc.ram", [(0, 4096)], name_len=200),
+     "RAM block name of 200 bytes"),
+    ("DISCARD version 1",
+     ADVISE_NO_RAM + discard(b"pc.ram", [(0, 4096)], version=1),
+     "version 1, expected 0"),
+    ("DISCARD without terminator",
+     ADVISE_NO_RAM + discard(b"pc.ram", [(0, 4096)], terminator=7),
+     "no terminator"),
+    ("DISCARD half a range",
+     ADVISE_NO_RAM + command(6, b"\0\x06pc.ram\0" + b"\0" * 8),
+     "not a whole number of ranges"),
+    ("DISCARD range wrapping around",
+     ADVISE_NO_RAM + discard(b"pc.ram", [(2**64 - 4096, 8192)]),
+     "bad range"),
+    ("DISCARD before ADVISE",
+     discard(b"pc.ram", [(0, 4096)]), "in wrong postcopy state"),
+    ("RECV_BITMAP with trailing bytes", command(10, b"\x02pc.ram"),
+     "bytes after the RAM block name"),
+    ("RECV_BITMAP of an unknown block", command(10, b"\x06nosuch"),
+     "no RAM block 'nosuch'"),
+    ("PING without a return path", command(2, b"\0\0\0\1"),
+     "received with no return path"),
+]
+
+
+def qmp(path):
+    sock = socket.socket(socket.AF_UNIX)
+    for _ in range(100):
+        try:
+            sock.connect(path)
+            break
+        except OSError:
+            time.sleep(0.1)
+    f = sock.makefile("rw")
+    json.loads(f.readline())
+
+    def execute(name, **args):
+        f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
+        f.flush()
+        while True:
+            reply = json.loads(f.readline())
+            if "event" not in reply:
+                return reply
+    execute("qmp_capabilities")
+    return execute
+
+
+def start(tmp, stream):
+    path = os.path.join(tmp, "stream")
+    with open(path, "wb") as f:
+        f.write(QEVM_HEADER + stream)
+    qmp_path = os.path.join(tmp, "qmp.sock")
+    if os.path.exists(qmp_path):
+        os.unlink(qmp_path)
+    args = [QEMU, "-machine", "none", "-nodefaults", "-display", "none",
+            "-global", "migration.send-configuration=off",
+            "-qmp", f"unix:{qmp_path},server=on,wait=off",
+            "-incoming", f"exec:cat {path}"]
+    return subprocess.Popen(args, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True), qmp_path
+
+
+def main():
+    failures = 0
+    with tempfile.TemporaryDirectory(prefix="bad-commands-") as tmp:
+        for name, stream, expect in BAD:
+            proc, _ = start(tmp, stream)
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                print(f"FAIL {name}: QEMU did not fail the migration")
+                failures += 1
+                continue
+            if proc.returncode != 1:
+                print(f"FAIL {name}: QEMU exited with {proc.returncode}, "
+                      f"expected 1\n{err}")
+                failures += 1
+            elif expect not in err:
+                print(f"FAIL {name}: error lacks '{expect}':\n{err}")
+                failures += 1
+            else:
+                print(f"ok   {name}: {err.strip().splitlines()[0]}")
+
+        # The control: well-formed commands load and QEMU stays up.
+        proc, qmp_path = start(tmp, ADVISE_NO_RAM + bytes([SECTION_EOF]))
+        try:
+            execute = qmp(qmp_path)
+            status = None
+            for _ in range(100):
+                status = execute("query-migrate")["return"].get("status")
+                if status in ("completed", "failed"):
+                    break
+                time.sleep(0.1)
+            if status != "completed" or proc.poll() is not None:
+                print(f"FAIL control: status {status}, "
+                      f"exit {proc.poll()}")
+                failures += 1
+            else:
+                print("ok   control: a well-formed stream loads")
+        finally:
+            proc.kill()
+            proc.communicate()
+    print(f"{len(BAD) + 1 - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
