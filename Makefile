@@ -7,6 +7,7 @@
 #   make build   build the current build/qemu incrementally
 #   make test    run the tests against the current build, without
 #                regenerating the tree
+#   make check-series  build every patch of the series in turn
 #
 # Variables: ONLY=<substring> limits the migration-test cases run,
 # PAIRINGS=ours-ours,stock-ours,ours-stock picks the pairings.
@@ -17,7 +18,7 @@ OBJ := $(TOP)/build/obj
 PAIRINGS ?= ours-ours,stock-ours,ours-stock
 ONLY ?=
 
-.PHONY: all setup base tree export build checkpatch test check clean
+.PHONY: all setup base tree export build checkpatch check-series test check clean
 
 all: build
 
@@ -38,6 +39,9 @@ build:
 
 checkpatch:
 	@bash scripts/checkpatch.sh
+
+check-series:
+	@bash scripts/check-series.sh
 
 test:
 	@python3 tests/run-migration-tests.py \
