@@ -45,7 +45,7 @@ if ! ninja -C "$OBJ" "${targets[@]}" >"$BUILD/build.log" 2>&1; then
     grep -E 'error:|Error|FAILED' "$BUILD/build.log" | head -n 30 >&2
     # Name the patches that touched the files the compiler complained about.
     files=$(grep -oE '[^ :]+\.[ch]:[0-9]+:[0-9]+: error' "$BUILD/build.log" |
-            cut -d: -f1 | sed "s|^\.\./\.\./qemu/||; s|^$TREE/||" | sort -u)
+            cut -d: -f1 | sed -E "s|^(\.\./)+qemu/||; s|^$TREE/||" | sort -u)
     if [ -n "$files" ]; then
         echo "patches of the series that touch the failing files:" >&2
         # shellcheck disable=SC2086
