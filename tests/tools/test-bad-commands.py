@@ -77,6 +77,12 @@ BAD = [
      "no RAM block 'nosuch'"),
     ("PING without a return path", command(2, b"\0\0\0\1"),
      "received with no return path"),
+    ("LISTEN before ADVISE", command(4, b""),
+     "POSTCOPY_LISTEN: postcopy cannot go from state none to listening"),
+    ("RUN before LISTEN", ADVISE_NO_RAM + command(5, b""),
+     "POSTCOPY_RUN: postcopy cannot go from state advise to running"),
+    ("ADVISE twice", ADVISE_NO_RAM + ADVISE_NO_RAM,
+     "POSTCOPY_ADVISE: postcopy cannot go from state advise to advise"),
 ]
 
 
