@@ -9,14 +9,14 @@ an abort).  A well-formed stream is the control: it must load and leave
 QEMU running with the migration completed.
 """
 
-import json
 import os
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+
+from qmplib import Qmp
 
 QEMU = os.environ.get("OURS") or sys.exit("OURS is not set")
 
@@ -86,28 +86,6 @@ BAD = [
 ]
 
 
-def qmp(path):
-    sock = socket.socket(socket.AF_UNIX)
-    for _ in range(100):
-        try:
-            sock.connect(path)
-            break
-        except OSError:
-            time.sleep(0.1)
-    f = sock.makefile("rw")
-    json.loads(f.readline())
-
-    def execute(name, **args):
-        f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
-        f.flush()
-        while True:
-            reply = json.loads(f.readline())
-            if "event" not in reply:
-                return reply
-    execute("qmp_capabilities")
-    return execute
-
-
 def start(tmp, stream):
     path = os.path.join(tmp, "stream")
     with open(path, "wb") as f:
@@ -149,10 +127,10 @@ def main():
         # The control: well-formed commands load and QEMU stays up.
         proc, qmp_path = start(tmp, ADVISE_NO_RAM + bytes([SECTION_EOF]))
         try:
-            execute = qmp(qmp_path)
+            qmp = Qmp(qmp_path)
             status = None
             for _ in range(100):
-                status = execute("query-migrate")["return"].get("status")
+                status = qmp.execute("query-migrate").get("status")
                 if status in ("completed", "failed"):
                     break
                 time.sleep(0.1)

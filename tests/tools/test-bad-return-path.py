@@ -9,7 +9,6 @@ must keep running.  SHUT(0), the normal end, is the control: the
 migration completes.
 """
 
-import json
 import os
 import socket
 import struct
@@ -18,6 +17,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from qmplib import Qmp
 
 QEMU = os.environ.get("OURS") or sys.exit("OURS is not set")
 
@@ -43,30 +44,6 @@ CASES = [
      "the destination failed to load the migration"),
     ("SHUT(0), the control", rp(1, struct.pack(">I", 0)), "completed", ""),
 ]
-
-
-class Qmp:
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX)
-        for _ in range(100):
-            try:
-                self.sock.connect(path)
-                break
-            except OSError:
-                time.sleep(0.1)
-        self.f = self.sock.makefile("rw")
-        json.loads(self.f.readline())
-        self.execute("qmp_capabilities")
-
-    def execute(self, name, **args):
-        self.f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
-        self.f.flush()
-        while True:
-            reply = json.loads(self.f.readline())
-            if "event" not in reply:
-                if "error" in reply:
-                    raise RuntimeError(f"{name}: {reply['error']}")
-                return reply["return"]
 
 
 def fake_destination(listener, answer):
