@@ -14,7 +14,7 @@ stamp="$BUILD/.setup-done"
 pkgs=(
     build-essential ninja-build meson pkg-config python3 python3-venv
     libglib2.0-dev libfdt-dev libpixman-1-dev zlib1g-dev libgnutls28-dev
-    libslirp-dev ccache dpkg-dev git xz-utils
+    libslirp-dev ccache dpkg-dev git xz-utils valgrind util-linux
     seabios ipxe-qemu qemu-system-data qemu-utils
 )
 
