@@ -15,7 +15,8 @@ error that says what to grant.  Given STOCK, it also shows that stock
 QEMU 7.2 fails even with the grant (reported, not asserted).
 
 Skips (exit 77) when it cannot run: not root, no /dev/userfaultfd
-(Linux < 6.1), or vm.unprivileged_userfaultfd not 0 (nothing to test).
+(Linux < 6.1), vm.unprivileged_userfaultfd not 0 (nothing to test), or
+the build lies where 'nobody' cannot reach it.
 """
 
 import os
@@ -81,9 +82,18 @@ def main():
             skip("vm.unprivileged_userfaultfd is not 0: the system call is "
                  "not refused to unprivileged users here")
 
+    probe = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup",
+                            "--clear-groups", OURS, "--version"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        skip(f"'nobody' cannot run {OURS} (a directory above it is "
+             f"private): {probe.stderr.strip()}")
+
     nobody = pwd.getpwnam("nobody")
     failures = 0
-    with tempfile.TemporaryDirectory(prefix="uffd-") as tmp:
+    # /tmp, not $TMPDIR: the test runner's temporary directory is private
+    # to root, and 'nobody' must create its QMP socket here.
+    with tempfile.TemporaryDirectory(prefix="uffd-", dir="/tmp") as tmp:
         os.chmod(tmp, 0o777)
         rdev = os.stat(DEVICE).st_rdev
         os.mknod(os.path.join(tmp, "uffd"), stat.S_IFCHR | 0o600, rdev)
