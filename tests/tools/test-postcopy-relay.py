@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Cut a postcopy migration's connection, recover it, check guest memory.
+
+Source and destination ($OURS unless SRC/DST say otherwise) talk through a
+relay this test controls.  Once both are in postcopy-active the relay
+drops the connection; both sides must reach postcopy-paused with the
+guest intact.  The destination then listens again (migrate-recover), the
+source resumes over a second relay (migrate with resume), and the
+migration must complete with the guest running on the destination and
+its memory consistent.
+
+The guest is migration-test's boot sector (taken from the tree): it
+increments the first byte of every 4 KiB page between 1 and 100 MiB, in
+order, over and over.  With the guest stopped, every page holds the same
+value as the page before it, but for one step down (mod 256) where the
+incrementer stood.
+
+Options: --cuts N cuts and recoveries in one migration (default 1).
+"""
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from qmplib import Qmp, QmpError
+
+OURS = os.environ.get("OURS") or sys.exit("OURS is not set")
+TREE = os.environ.get("TREE") or sys.exit("TREE is not set")
+SRC = os.environ.get("SRC", OURS)
+DST = os.environ.get("DST", OURS)
+
+MEM_START = 1 << 20
+MEM_END = 100 << 20
+PAGE = 4096
+
+
+def bootsect(path):
+    """Write migration-test's x86 boot sector, from its C header, to @path."""
+    header = os.path.join(TREE, "tests/migration/i386/a-b-bootblock.h")
+    with open(header) as f:
+        body = f.read().split("{", 1)[1].split("}", 1)[0]
+    data = bytes(int(x, 16) for x in re.findall(r"0x[0-9a-fA-F]{2}", body))
+    if len(data) != 512:
+        sys.exit(f"{header}: expected a 512-byte boot sector, got {len(data)}")
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+class Relay:
+    """Forward one connection from a unix socket to another, until cut."""
+
+    def __init__(self, listen_path, target_path):
+        self.target_path = target_path
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(listen_path)
+        self.listener.listen(1)
+        self.socks = []
+        self.lock = threading.Lock()
+        self.cut_done = False
+        self.bytes = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        try:
+            a, _ = self.listener.accept()
+        except OSError:
+            return
+        b = socket.socket(socket.AF_UNIX)
+        b.connect(self.target_path)
+        with self.lock:
+            self.socks = [a, b]
+            if self.cut_done:
+                self._shut()
+                return
+        for x, y in ((a, b), (b, a)):
+            threading.Thread(target=self._pipe, args=(x, y),
+                             daemon=True).start()
+
+    def _pipe(self, src, dst):
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                dst.sendall(data)
+                self.bytes += len(data)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _shut(self):
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def cut(self):
+        """Drop both directions at once, as a failed link would."""
+        with self.lock:
+            self.cut_done = True
+            self._shut()
+        self.listener.close()
+
+
+def status(qmp):
+    return qmp.execute("query-migrate").get("status")
+
+
+def wait_status(qmp, name, wanted, timeout, fail=("failed", "cancelled")):
+    deadline = time.monotonic() + timeout
+    while True:
+        info = qmp.execute("query-migrate")
+        st = info.get("status")
+        if st in wanted:
+            return info
+        if st in fail:
+            raise AssertionError(f"{name}: migration {st}: "
+                                 f"{info.get('error-desc', '')}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: still {st} after {timeout}s, "
+                                 f"waiting for {'/'.join(wanted)}")
+        time.sleep(0.05)
+
+
+def check_guest_ram(path):
+    """Migration-test's check: one step down at most, where it stood."""
+    with open(path, "rb") as f:
+        mem = f.read()
+    firsts = mem[::PAGE]
+    last = firsts[0]
+    edge = False
+    bad = []
+    for i, b in enumerate(firsts[1:], 1):
+        if b == last:
+            continue
+        if (b + 1) % 256 == last and not edge:
+            edge = True
+            last = b
+            continue
+        bad.append(MEM_START + i * PAGE)
+    if bad:
+        raise AssertionError(
+            f"guest memory inconsistent in {len(bad)} pages, first at "
+            + ", ".join(hex(a) for a in bad[:5]))
+    return firsts[0]
+
+
+def wait_serial(path, timeout=20):
+    """The guest prints B after each pass over its memory."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and b"B" in open(path, "rb").read():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the guest did not start on the source")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cuts", type=int, default=1)
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="postcopy-relay-")
+    procs = []
+    try:
+        disk = os.path.join(tmp, "bootsect")
+        bootsect(disk)
+
+        def start(binary, name, extra):
+            qmp_path = os.path.join(tmp, f"{name}.qmp")
+            cmd = [binary, "-accel", "kvm", "-accel", "tcg", "-m", "150M",
+                   "-name", name, "-display", "none", "-nodefaults",
+                   "-serial", "file:" + os.path.join(tmp, f"{name}.serial"),
+                   "-drive", f"file={disk},format=raw",
+                   "-qmp", f"unix:{qmp_path},server=on,wait=off"] + extra
+            log = open(os.path.join(tmp, f"{name}.log"), "w")
+            procs.append((name, subprocess.Popen(cmd, stdout=log,
+                                                 stderr=subprocess.STDOUT)))
+            return Qmp(qmp_path)
+
+        src = start(SRC, "source", [])
+        dst = start(DST, "target", ["-incoming", "defer"])
+        for q in (src, dst):
+            q.execute("migrate-set-capabilities", capabilities=[
+                {"capability": "postcopy-ram", "state": True}])
+        # Slow enough that postcopy is still going when the link drops.
+        src.execute("migrate-set-parameters", **{
+            "max-bandwidth": 64 << 20, "max-postcopy-bandwidth": 8 << 20,
+            "downtime-limit": 1})
+
+        wait_serial(os.path.join(tmp, "source.serial"))
+        dst_path = os.path.join(tmp, "dst-0.sock")
+        dst.execute("migrate-incoming", uri="unix:" + dst_path)
+        relay = Relay(os.path.join(tmp, "relay-0.sock"), dst_path)
+        src.execute("migrate", uri="unix:" + os.path.join(tmp, "relay-0.sock"))
+        time.sleep(1.0)
+        src.execute("migrate-start-postcopy")
+        wait_status(src, "source", ("postcopy-active",), 30)
+        wait_status(dst, "target", ("postcopy-active",), 30)
+
+        for cut in range(1, args.cuts + 1):
+            time.sleep(1.0)
+            st = status(src)
+            if st != "postcopy-active":
+                raise AssertionError(f"cut {cut}: the source is {st} before "
+                                     "the cut; the test needs postcopy "
+                                     "to last longer")
+            sent = relay.bytes
+            relay.cut()
+            wait_status(src, "source", ("postcopy-paused",), 30)
+            wait_status(dst, "target", ("postcopy-paused",), 30)
+            print(f"cut {cut}: both sides paused after {sent} bytes relayed")
+
+            dst_path = os.path.join(tmp, f"dst-{cut}.sock")
+            relay_path = os.path.join(tmp, f"relay-{cut}.sock")
+            # The destination moves to postcopy-recover when the source
+            # connects, not before.
+            dst.execute("migrate-recover", uri="unix:" + dst_path)
+            relay = Relay(relay_path, dst_path)
+            if cut == args.cuts:
+                # The last leg may run at full speed.
+                src.execute("migrate-set-parameters",
+                            **{"max-postcopy-bandwidth": 0})
+            src.execute("migrate", uri="unix:" + relay_path, resume=True)
+            if cut < args.cuts:
+                wait_status(src, "source", ("postcopy-active",), 30)
+                wait_status(dst, "target", ("postcopy-active",), 30)
+                print(f"cut {cut}: recovered")
+
+        wait_status(src, "source", ("completed",), 120)
+        wait_status(dst, "target", ("completed",), 120)
+        run = dst.execute("query-status")
+        if run.get("status") != "running":
+            raise AssertionError(f"the guest is {run.get('status')} on the "
+                                 "destination, not running")
+        dst.execute("stop")
+        dump = os.path.join(tmp, "target.mem")
+        dst.execute("pmemsave", val=MEM_START, size=MEM_END - MEM_START,
+                    filename=dump)
+        value = check_guest_ram(dump)
+        print(f"completed after {args.cuts} cut(s); guest memory consistent "
+              f"(first page holds {value})")
+        for name, p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"{name} QEMU exited ({p.returncode})")
+    except (AssertionError, QmpError, OSError) as e:
+        print(f"FAIL: {e}")
+        for name, _ in procs:
+            log = os.path.join(tmp, f"{name}.log")
+            if os.path.exists(log):
+                print(f"--- {name} log:\n" + open(log).read()[-2000:])
+        return 1
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        subprocess.run(["rm", "-rf", tmp])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
