@@ -244,6 +244,15 @@ def main():
         if run.get("status") != "running":
             raise AssertionError(f"the guest is {run.get('status')} on the "
                                  "destination, not running")
+        # Running is not enough: it must get on with its passes.
+        serial = os.path.join(tmp, "target.serial")
+        passes = open(serial, "rb").read().count(b"B")
+        deadline = time.monotonic() + 10
+        while open(serial, "rb").read().count(b"B") < passes + 2:
+            if time.monotonic() > deadline:
+                raise AssertionError("the guest makes no progress on the "
+                                     "destination")
+            time.sleep(0.1)
         dst.execute("stop")
         dump = os.path.join(tmp, "target.mem")
         dst.execute("pmemsave", val=MEM_START, size=MEM_END - MEM_START,
