@@ -160,7 +160,7 @@ class Migration:
 def run_migration(args, workdir, src_bin, dst_bin, progress=True):
     """Migrate once; returns the result as a dict.  Cleans up after itself."""
     m = Migration(args, workdir, src_bin, dst_bin)
-    caps = [{"capability": "postcopy-ram", "state": True}]
+    caps = [{"capability": "postcopy-ram", "state": not args.precopy_only}]
     if args.preempt:
         caps.append({"capability": "postcopy-preempt", "state": True})
     res = {"source": src_bin, "destination": dst_bin, "accel": m.accel,
@@ -204,7 +204,8 @@ def run_migration(args, workdir, src_bin, dst_bin, progress=True):
             if st in ("failed", "cancelled"):
                 raise RuntimeError(f"migration {st}: "
                                    f"{info.get('error-desc', '')}")
-            if t_switch is None and now - t0 >= args.precopy:
+            if (t_switch is None and not args.precopy_only and
+                    now - t0 >= args.precopy):
                 src.execute("migrate-start-postcopy")
                 t_switch = now
             if st == "completed":
@@ -323,6 +324,8 @@ def parser():
                     help="more guest kernel command line")
     ap.add_argument("--tcg-single", action="store_true",
                     help="one TCG thread for all vCPUs")
+    ap.add_argument("--precopy-only", action="store_true",
+                    help="postcopy-ram off: a plain precopy, for comparison")
     ap.add_argument("--preempt", action="store_true",
                     help="turn on postcopy-preempt")
     ap.add_argument("--src", default=OURS, help="source QEMU binary")
