@@ -8,17 +8,26 @@
 #   make test    run the tests against the current build, without
 #                regenerating the tree
 #   make check-series  build every patch of the series in turn
+#   make demo    set up what is missing, migrate a running Linux guest with
+#                postcopy and print a summary (docs/testing.md)
+#   make bench   the demo's migration with ours and with stock 7.2, N times
+#                each; results in build/bench/ (docs/benchmarks.md)
 #
 # Variables: ONLY=<substring> limits the migration-test cases run,
-# PAIRINGS=ours-ours,stock-ours,ours-stock picks the pairings.
+# PAIRINGS=ours-ours,stock-ours,ours-stock picks the pairings,
+# DEMO_ARGS='...' passes options to scripts/demo.py, BENCH_N=3 sets the
+# bench's repetitions, BENCH_ARGS='...' passes options to scripts/bench.py.
 
 SHELL := /bin/bash
 TOP := $(CURDIR)
 OBJ := $(TOP)/build/obj
 PAIRINGS ?= ours-ours,stock-ours,ours-stock
 ONLY ?=
+DEMO_ARGS ?=
+BENCH_N ?= 3
+BENCH_ARGS ?=
 
-.PHONY: all setup base tree export build checkpatch check-series test check clean
+.PHONY: all setup base tree export build checkpatch check-series test check demo bench clean
 
 all: build
 
@@ -56,6 +65,16 @@ check: tree
 	@$(MAKE) --no-print-directory build
 	@$(MAKE) --no-print-directory checkpatch
 	@$(MAKE) --no-print-directory test
+
+demo: setup
+	@bash scripts/prepare-run.sh
+	@python3 scripts/demo.py $(DEMO_ARGS)
+
+# Debian's python3: the picture needs its python3-matplotlib.
+bench: setup
+	@bash scripts/setup-bench.sh
+	@bash scripts/prepare-run.sh
+	@/usr/bin/python3 scripts/bench.py --reps $(BENCH_N) $(BENCH_ARGS)
 
 clean:
 	rm -rf build/obj build/test-logs build/test-results.json

@@ -22,8 +22,9 @@
  * once, puts the page right and goes on.  Nothing depends on time but the timing.
  *
  *   workload [-m MiB] [-o random|seq] [-w percent-rewritten]
- *            [-x seconds]   flip one byte after that many seconds, to show
- *                           that corruption is caught
+ *            [-x seconds]   flip one byte after that many seconds, in the
+ *                           page the next access checks, to show that
+ *                           corruption is caught
  */
 
 #include <errno.h>
@@ -209,8 +210,12 @@ int main(int argc, char **argv)
             acc = worst = over1ms = 0;
             second = t0;
             if (flip_after && (t0 - start) / 1000000000u >= flip_after) {
-                /* On purpose: the next check of this page must say so */
-                uint64_t victim = mix(flip_after) % npages;
+                /*
+                 * On purpose, in the page the next access checks, so the
+                 * check must say so at once
+                 */
+                uint64_t victim = sequential ? (page + 1) % npages
+                                             : mix(rng) % npages;
 
                 mem[victim * PAGE_SIZE + 123] ^= 0x20;
                 printf("WL flipped a byte of page %llu on purpose\n",

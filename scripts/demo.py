@@ -7,13 +7,19 @@ on loopback to a destination with postcopy-ram and postcopy-blocktime on,
 switches to postcopy after a short precopy, and prints a live progress
 line and a summary: times, pages requested, blocktime, the guest's access
 latency during postcopy, and integrity (the guest still running on the
-destination, no CORRUPTION line).  Exits non-zero if the migration fails
-or the guest saw corruption.
+destination, no CORRUPTION line).  Exits non-zero if the migration fails,
+never reaches postcopy, or the guest saw corruption.
 
-Also used by scripts/bench.py, through run_migration().
+Every QEMU it starts is stopped on every way out (Ctrl-C included); its
+files live in build/demo/run-<pid>, removed at the end unless the run
+failed (then the QEMU logs are kept there).
+
+Also used by scripts/bench.py, through add_guest_options(), settle() and
+run_migration().
 """
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -32,22 +38,66 @@ BUILD = os.path.join(TOP, "build")
 GUEST = os.path.join(BUILD, "guest")
 OURS = os.path.join(BUILD, "obj", "qemu-system-x86_64")
 STOCK = "/usr/bin/qemu-system-x86_64"
+NOTE = "docs/notes/tcg-smp-migration-corruption.md"
 BUCKETS = 22
+# An access this slow (us) waited for something: under TCG a plain access
+# (verify and maybe rewrite 4 KiB) takes a few microseconds.
+STALL_US = 256
 
 
-def pick_accel():
-    """KVM where it runs a Linux guest; TCG otherwise (and under PVM)."""
+def detect_accel():
+    """The accelerator that runs a stock Linux guest here, and why."""
     if os.path.exists("/sys/module/kvm_pvm"):
-        return "tcg", "KVM here is PVM, which cannot run a stock Linux guest"
-    if os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "kvm", "/dev/kvm"
-    return "tcg", "no usable /dev/kvm"
+        return "tcg", ("/dev/kvm is PVM (module kvm_pvm), which does not run "
+                       "a stock Linux guest")
+    if not os.path.exists("/dev/kvm"):
+        return "tcg", "no /dev/kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "/dev/kvm is not usable by this user"
+    for mod in ("kvm_intel", "kvm_amd"):
+        if os.path.exists("/sys/module/" + mod):
+            return "kvm", f"/dev/kvm ({mod})"
+    return "tcg", "/dev/kvm has neither kvm_intel nor kvm_amd behind it"
+
+
+def settle(args):
+    """Fix args.accel and args.smp; returns lines to show the user."""
+    notes = []
+    accel, why = detect_accel()
+    if args.accel == "auto":
+        args.accel = accel
+        notes.append(f"accelerator {accel}: {why}")
+    elif args.accel != accel:
+        notes.append(f"accelerator {args.accel} as asked (detected {accel}: "
+                     f"{why})")
+    if args.smp is None:
+        if args.accel == "kvm":
+            args.smp = 2
+        else:
+            args.smp = 1
+            notes.append(
+                "1 vCPU under TCG: with 2 vCPUs, QEMU 7.2 (stock too) swaps "
+                "two pages' contents in about 1 of 4-8 TCG migrations, so a "
+                "CORRUPTION there would say nothing about postcopy; see "
+                f"{NOTE} (--smp 2 overrides)")
+    elif args.smp > 1 and args.accel == "tcg":
+        notes.append(f"WARNING: {args.smp} vCPUs under TCG: a CORRUPTION "
+                     f"may come from QEMU 7.2's TCG, not postcopy ({NOTE})")
+    return notes
 
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent():
+    """In the child: SIGKILL when the process that started it dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class SerialLog:
@@ -81,101 +131,198 @@ WL_RE = re.compile(r"WL t=(\d+) acc=(\d+) worst_us=(\d+) over1ms=(\d+) "
                    r"corrupt=(\d+) h=([\d,]+)")
 
 
+def bucket_us(i):
+    """The upper bound of histogram bucket i, in microseconds."""
+    return 1 if i == 0 else 2 ** i
+
+
+def hist_quantile(hist, q):
+    """The bucket upper bound (us) below which a fraction q of counts lie."""
+    total = sum(hist)
+    if not total:
+        return None
+    seen = 0
+    for i, c in enumerate(hist):
+        seen += c
+        if seen >= q * total:
+            return bucket_us(i)
+    return bucket_us(len(hist) - 1)
+
+
 def latency_summary(lines, t_from, t_to):
-    """Merge the workload's per-second lines seen between the two times."""
+    """Merge the workload's per-second lines seen between the two times.
+
+    The quantiles are bucket upper bounds: p50/p99/p999 over every access
+    (the guest cannot tell a fault from another access: faults are in the
+    tail), stall_* over the accesses of STALL_US or more, the ones that
+    waited (for a page in postcopy, or for the host: TCG has some of those
+    without any migration, hence the baseline)."""
     hist = [0] * BUCKETS
-    acc = worst = over = 0
+    acc = worst = over = seconds = 0
     for t, line in lines:
         m = WL_RE.search(line)
-        if not m or not (t_from <= t <= t_to):
+        if not m or not (t_from < t <= t_to):
             continue
+        seconds += 1
         acc += int(m.group(2))
         worst = max(worst, int(m.group(3)))
         over += int(m.group(4))
         for i, c in enumerate(m.group(6).split(",")[:BUCKETS]):
             hist[i] += int(c)
-
-    def quantile(q):
-        if not acc:
-            return None
-        need = q * acc
-        seen = 0
-        for i, c in enumerate(hist):
-            seen += c
-            if seen >= need:
-                return 1 if i == 0 else 2 ** i   # bucket's upper bound, us
-        return 2 ** (BUCKETS - 1)
-
-    return {"accesses": acc, "p50_us": quantile(0.5), "p99_us": quantile(0.99),
+    first_stall = STALL_US.bit_length() - 1     # bucket holding [256, 512)
+    stalls = [0] * first_stall + hist[first_stall:]
+    return {"seconds": seconds, "accesses": acc,
+            "p50_us": hist_quantile(hist, 0.5),
+            "p99_us": hist_quantile(hist, 0.99),
+            "p999_us": hist_quantile(hist, 0.999),
             "worst_us": worst if acc else None, "over_1ms": over,
+            "stalls": sum(stalls),
+            "stall_p50_us": hist_quantile(stalls, 0.5),
+            "stall_p99_us": hist_quantile(stalls, 0.99),
             "histogram_log2_us": hist}
 
 
 class Migration:
     """One source and one destination QEMU in a work directory."""
 
-    def __init__(self, args, workdir, src_bin, dst_bin):
+    def __init__(self, args, workdir):
         self.args = args
         self.workdir = workdir
-        self.src_bin = src_bin
-        self.dst_bin = dst_bin
         self.procs = []
-        self.accel, self.accel_why = pick_accel()
 
     def start(self, name, binary, extra):
+        a = self.args
         qmp = os.path.join(self.workdir, name + ".qmp")
         serial = os.path.join(self.workdir, name + ".serial")
-        append = (f"console=ttyS0 panic=-1 quiet {self.args.kernel_args} "
-                  f"wl.mib={self.args.workload_mib} wl.order={self.args.order}")
-        if self.args.flip:
-            append += f" wl.flip={self.args.flip}"
-        accel = self.accel
-        if accel == "tcg" and self.args.tcg_single:
+        append = (f"console=ttyS0 panic=-1 quiet {a.kernel_args} "
+                  f"wl.mib={a.workload_mib} wl.order={a.order}")
+        if a.flip:
+            append += f" wl.flip={a.flip}"
+        accel = a.accel
+        if accel == "tcg" and a.tcg_single:
             accel = "tcg,thread=single"
-        cmd = [binary, "-accel", accel, "-m", self.args.ram,
-               "-smp", str(self.args.smp), "-nodefaults", "-display", "none",
+        cmd = [binary, "-accel", accel, "-m", a.ram,
+               "-smp", str(a.smp), "-nodefaults", "-display", "none",
                "-kernel", os.path.join(GUEST, "vmlinuz"),
                "-initrd", os.path.join(GUEST, "initrd.img"),
                "-append", append, "-serial", "file:" + serial,
                "-qmp", f"unix:{qmp},server=on,wait=off"] + extra
-        if self.accel == "kvm":
+        if a.accel == "kvm":
             cmd += ["-cpu", "host"]
-        log = open(os.path.join(self.workdir, name + ".log"), "w")
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        with open(os.path.join(self.workdir, name + ".log"), "w") as log:
+            # A session of its own: Ctrl-C reaches this script, which stops
+            # QEMU itself; the death signal covers this script being killed.
+            p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL,
+                                 start_new_session=True,
+                                 preexec_fn=_die_with_parent)
         self.procs.append(p)
-        return Qmp(qmp, timeout=30), SerialLog(serial)
+        try:
+            return Qmp(qmp, timeout=30), SerialLog(serial)
+        except OSError:
+            raise RuntimeError(f"the {name} QEMU did not open its QMP socket: "
+                               + self.log_tail(name)) from None
+
+    def log_tail(self, name):
+        try:
+            with open(os.path.join(self.workdir, name + ".log")) as f:
+                return " | ".join(f.read().strip().splitlines()[-3:])
+        except OSError:
+            return "(no log)"
 
     def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        """Stop every QEMU started, a second Ctrl-C notwithstanding."""
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for p in self.procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in self.procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
+def wait_ready(m, serial, deadline_s):
+    deadline = time.monotonic() + deadline_s
+    while not serial.find("WL ready"):
+        serial.poll()
+        if m.procs[0].poll() is not None:
+            raise RuntimeError("the source QEMU exited while booting: "
+                               + m.log_tail("source"))
+        err = [line for _, line in serial.lines if "WL ERROR" in line]
+        if err:
+            raise RuntimeError("the workload did not start: " + err[0])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the guest was not ready within "
+                               f"{deadline_s:.0f}s")
+        time.sleep(0.2)
+    return serial.find("WL ready")[0]
+
+
+def watch(src, src_serial, dst_serial, args, t0, progress):
+    """Poll until completion, switching to postcopy on time.
+
+    Returns (t_switch, t_done, statuses seen, MiB remaining at the switch)."""
+    t_switch = t_done = remaining_at_switch = None
+    seen = []
+    tty = sys.stdout.isatty()
+    lead, tail = ("\r", "") if tty else ("", "\n")
+    last_line = 0.0
+    while True:
+        info = src.execute("query-migrate")
+        st = info.get("status")
+        now = time.monotonic()
+        if st not in seen:
+            seen.append(st)
+        src_serial.poll()
+        dst_serial.poll()
+        ram = info.get("ram", {})
+        if st in ("failed", "cancelled"):
+            raise RuntimeError(f"migration {st}: "
+                               f"{info.get('error-desc', '')}")
+        if st == "completed":
+            t_done = now
+            break
+        if (t_switch is None and not args.precopy_only and
+                now - t0 >= args.precopy):
+            remaining_at_switch = ram.get("remaining", 0) >> 20
+            src.execute("migrate-start-postcopy")
+            t_switch = now
+        if progress and (tty or now - last_line >= 1.0):
+            print(f"{lead}  {st:<16} remaining "
+                  f"{ram.get('remaining', 0) >> 20:6} MiB  requested "
+                  f"{ram.get('postcopy-requests', 0):7}  "
+                  f"{now - t0:6.1f}s", end=tail, flush=True)
+            last_line = now
+        if now - t0 > args.timeout:
+            raise RuntimeError(f"not complete after {args.timeout}s")
+        time.sleep(0.2)
+    if progress and tty:
+        print()
+    return t_switch, t_done, seen, remaining_at_switch
 
 
 def run_migration(args, workdir, src_bin, dst_bin, progress=True):
-    """Migrate once; returns the result as a dict.  Cleans up after itself."""
-    m = Migration(args, workdir, src_bin, dst_bin)
+    """Migrate once; returns the result as a dict.  Stops its QEMUs.
+
+    args: the options of add_guest_options() after settle(), and preempt,
+    precopy_only, flip.  A KeyboardInterrupt still stops both QEMUs and is
+    passed on."""
+    m = Migration(args, workdir)
     caps = [{"capability": "postcopy-ram", "state": not args.precopy_only}]
     if args.preempt:
         caps.append({"capability": "postcopy-preempt", "state": True})
-    res = {"source": src_bin, "destination": dst_bin, "accel": m.accel,
-           "preempt": args.preempt, "ok": False}
+    res = {"source": src_bin, "destination": dst_bin, "accel": args.accel,
+           "smp": args.smp, "preempt": args.preempt, "ok": False,
+           "reached_postcopy": False}
     try:
         src, src_serial = m.start("source", src_bin, [])
-        deadline = time.monotonic() + args.boot_timeout
-        while not src_serial.find("WL ready"):
-            src_serial.poll()
-            if m.procs[0].poll() is not None:
-                raise RuntimeError("the source QEMU exited while booting")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the guest was not ready within "
-                                   f"{args.boot_timeout}s")
-            time.sleep(0.2)
+        t_ready = wait_ready(m, src_serial, args.boot_timeout)
         port = free_port()
         dst, dst_serial = m.start("destination", dst_bin,
                                   ["-incoming", "defer"])
@@ -183,53 +330,31 @@ def run_migration(args, workdir, src_bin, dst_bin, progress=True):
             {"capability": "postcopy-blocktime", "state": True}])
         src.execute("migrate-set-capabilities", capabilities=caps)
         # The link: without a limit loopback copies faster than the guest
-        # writes, and precopy alone would finish.
+        # writes, precopy alone would finish and postcopy would be short.
         rate = args.bandwidth << 20
         src.execute("migrate-set-parameters", **{
             "max-bandwidth": rate, "max-postcopy-bandwidth": rate})
         dst.execute("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+        # The guest's latency before any migration, for comparison.
+        until = time.monotonic() + args.baseline
+        while time.monotonic() < until:
+            src_serial.poll()
+            time.sleep(0.2)
+        src_serial.poll()
 
         t0 = time.monotonic()
         src.execute("migrate", uri=f"tcp:127.0.0.1:{port}")
-        t_switch = t_done = None
-        tty = sys.stdout.isatty()
-        lead, tail = ("\r", "") if tty else ("", "\n")
-        last_line = 0.0
-        while True:
-            info = src.execute("query-migrate")
-            st = info.get("status")
-            now = time.monotonic()
-            src_serial.poll()
-            dst_serial.poll()
-            if st in ("failed", "cancelled"):
-                raise RuntimeError(f"migration {st}: "
-                                   f"{info.get('error-desc', '')}")
-            if (t_switch is None and not args.precopy_only and
-                    now - t0 >= args.precopy):
-                src.execute("migrate-start-postcopy")
-                t_switch = now
-            if st == "completed":
-                t_done = now
-                break
-            if progress and (tty or now - last_line >= 1.0):
-                ram = info.get("ram", {})
-                print(f"{lead}  {st:<16} remaining "
-                      f"{ram.get('remaining', 0) >> 20:6} MiB  requested "
-                      f"{ram.get('postcopy-requests', 0):7}  "
-                      f"{now - t0:6.1f}s", end=tail,
-                      flush=True)
-                last_line = now
-            if now - t0 > args.timeout:
-                raise RuntimeError(f"not complete after {args.timeout}s")
-            time.sleep(0.25)
-        if progress and tty:
-            print()
+        t_switch, t_done, seen, remaining = watch(
+            src, src_serial, dst_serial, args, t0, progress)
         src_info = src.execute("query-migrate")
         deadline = time.monotonic() + 30
         while True:
             dst_info = dst.execute("query-migrate")
             if dst_info.get("status") == "completed":
                 break
+            if dst_info.get("status") == "failed":
+                raise RuntimeError("the destination failed: "
+                                   + m.log_tail("destination"))
             if time.monotonic() > deadline:
                 raise RuntimeError("the destination did not complete")
             time.sleep(0.1)
@@ -239,34 +364,38 @@ def run_migration(args, workdir, src_bin, dst_bin, progress=True):
         while time.monotonic() < settle_until:
             dst_serial.poll()
             time.sleep(0.2)
-        t_end = time.monotonic()
         running = dst.execute("query-status").get("status")
         after = [t for t, line in dst_serial.lines
                  if WL_RE.search(line) and t > t_done]
         corruption = [line for _, line in src_serial.lines + dst_serial.lines
                       if "CORRUPTION" in line]
-        postcopy_switch_at = t_switch if t_switch is not None else t_done
-        in_postcopy = postcopy_switch_at < t_done
+        switch = t_switch if t_switch is not None else t_done
         ram = src_info.get("ram", {})
         res.update({
+            "statuses": seen,
+            "reached_postcopy": "postcopy-active" in seen,
+            "remaining_at_switch_mib": remaining,
             "total_time_ms": src_info.get("total-time"),
             "downtime_ms": src_info.get("downtime"),
-            "precopy_s": round(postcopy_switch_at - t0, 3),
-            "postcopy_s": round(t_done - postcopy_switch_at, 3),
+            "precopy_s": round(switch - t0, 3),
+            "postcopy_s": round(t_done - switch, 3),
             "pages_requested": ram.get("postcopy-requests"),
             "blocktime_ms": dst_info.get("postcopy-blocktime"),
             "vcpu_blocktime_ms": dst_info.get("postcopy-vcpu-blocktime"),
+            "latency_baseline": latency_summary(src_serial.lines, t_ready, t0),
+            "latency_precopy": latency_summary(src_serial.lines, t0, switch),
             # Each line covers the second before it: take the one after too
             "latency_postcopy": latency_summary(
-                dst_serial.lines, postcopy_switch_at,
-                t_done + 1.0 if in_postcopy else t_done),
+                dst_serial.lines, switch,
+                t_done + 1.0 if t_switch is not None else t_done),
             "guest_running": running == "running",
             "guest_progressing": len(after) >= 2,
             "corruption": corruption,
+            "flipped": [line for _, line in src_serial.lines +
+                        dst_serial.lines if "on purpose" in line],
         })
         res["ok"] = (res["guest_running"] and res["guest_progressing"] and
                      not corruption)
-        res["elapsed_after_completion_s"] = round(t_end - t_done, 1)
         return res
     except Exception as e:      # report, never leave QEMU behind
         res["error"] = str(e)
@@ -277,6 +406,7 @@ def run_migration(args, workdir, src_bin, dst_bin, progress=True):
 
 def print_summary(res):
     lat = res.get("latency_postcopy", {})
+    base = res.get("latency_baseline", {})
 
     def us(v):
         return "-" if v is None else f"{v} us"
@@ -284,20 +414,38 @@ def print_summary(res):
     print("summary")
     print(f"  binaries        source {res['source']}")
     print(f"                  destination {res['destination']}")
-    print(f"  accelerator     {res['accel']}, preempt "
+    print(f"  guest           {res['smp']} vCPU(s), {res['accel']}, preempt "
           f"{'on' if res['preempt'] else 'off'}")
     if "error" in res:
         print(f"  FAILED          {res['error']}")
+        print("  result          FAILED")
         return
     print(f"  total time      {res['total_time_ms']} ms "
           f"(precopy {res['precopy_s']} s, postcopy {res['postcopy_s']} s)")
+    if res["reached_postcopy"]:
+        print(f"  switch          with {res['remaining_at_switch_mib']} MiB "
+              f"still to copy")
+    else:
+        print("  switch          NEVER reached postcopy-active "
+              f"(statuses seen: {', '.join(res['statuses'])})")
     print(f"  downtime        {res['downtime_ms']} ms")
     print(f"  pages requested {res['pages_requested']}")
     print(f"  blocktime       {res['blocktime_ms']} ms "
           f"(per vCPU {res['vcpu_blocktime_ms']})")
-    print(f"  guest accesses during postcopy: {lat.get('accesses')}, "
-          f"median {us(lat.get('p50_us'))}, p99 {us(lat.get('p99_us'))}, "
-          f"worst {us(lat.get('worst_us'))}, over 1 ms {lat.get('over_1ms')}")
+    print(f"  guest latency   during postcopy: {lat.get('accesses')} accesses,"
+          f" median {us(lat.get('p50_us'))}, p99 {us(lat.get('p99_us'))}, "
+          f"p99.9 {us(lat.get('p999_us'))}, worst {us(lat.get('worst_us'))}, "
+          f"over 1 ms {lat.get('over_1ms')}")
+    print(f"                  stalls (>= {STALL_US} us): {lat.get('stalls')}, "
+          f"median {us(lat.get('stall_p50_us'))}, "
+          f"p99 {us(lat.get('stall_p99_us'))}")
+    print(f"                  before the migration ({base.get('seconds')} s): "
+          f"{base.get('accesses')} accesses, median {us(base.get('p50_us'))}, "
+          f"p99 {us(base.get('p99_us'))}, p99.9 {us(base.get('p999_us'))}, "
+          f"worst {us(base.get('worst_us'))}, "
+          f"over 1 ms {base.get('over_1ms')}")
+    for line in res["flipped"]:
+        print(f"  flip            {line}")
     print(f"  integrity       guest "
           f"{'running' if res['guest_running'] else 'NOT running'} on the "
           f"destination, "
@@ -305,68 +453,139 @@ def print_summary(res):
           f"{len(res['corruption'])} CORRUPTION line(s)")
     for line in res["corruption"][:5]:
         print(f"    {line}")
-    print("  result          " + ("OK" if res["ok"] else "FAILED"))
+    verdict = "verified" if res["ok"] else "FAILED"
+    print(f"  result          integrity {verdict}" +
+          ("" if res["reached_postcopy"] else ", but no postcopy happened"))
 
 
-def parser():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ram", default="2G", help="guest RAM (default 2G)")
-    ap.add_argument("--smp", type=int, default=2, help="vCPUs (default 2)")
-    ap.add_argument("--workload-mib", type=int, default=512,
-                    help="memory the workload keeps busy (default 512)")
+def positive(kind):
+    def check(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+        return v
+    return check
+
+
+def ram_size(text):
+    if not re.fullmatch(r"[1-9]\d*[MG]?", text):
+        raise argparse.ArgumentTypeError(
+            f"not a RAM size like 2G or 1536M: {text!r}")
+    return text
+
+
+def add_guest_options(ap):
+    """The guest and migration options the demo and the bench share."""
+    ap.add_argument("--ram", type=ram_size, default="2G",
+                    help="guest RAM (default 2G)")
+    ap.add_argument("--smp", type=positive(int), default=None,
+                    help="vCPUs (default 2 with KVM, 1 under TCG: see "
+                    + NOTE + ")")
+    ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                    help="accelerator (default auto: KVM when /dev/kvm runs "
+                    "a Linux guest, TCG otherwise)")
+    ap.add_argument("--workload-mib", type=positive(int), default=1024,
+                    help="memory the workload keeps busy (default 1024)")
     ap.add_argument("--order", choices=("random", "seq"), default="random")
-    ap.add_argument("--precopy", type=float, default=3.0,
-                    help="seconds of precopy before the switch (default 3)")
-    ap.add_argument("--bandwidth", type=int, default=256, metavar="MiB/s",
-                    help="the link's speed, for precopy and postcopy "
-                    "(default 256)")
+    ap.add_argument("--precopy", type=positive(float), default=2.0,
+                    help="seconds of precopy before the switch (default 2)")
+    ap.add_argument("--bandwidth", type=positive(int), default=128,
+                    metavar="MiB/s", help="the link's speed, for precopy "
+                    "and postcopy (default 128)")
     ap.add_argument("--kernel-args", default="",
                     help="more guest kernel command line")
     ap.add_argument("--tcg-single", action="store_true",
                     help="one TCG thread for all vCPUs")
+    ap.add_argument("--baseline", type=float, default=3.0,
+                    help="seconds the guest runs before the migration, to "
+                    "measure its latency undisturbed (default 3)")
+    ap.add_argument("--settle", type=positive(float), default=4.0,
+                    help="seconds to watch the guest after completion")
+    ap.add_argument("--boot-timeout", type=positive(float), default=300)
+    ap.add_argument("--timeout", type=positive(float), default=600)
+
+
+def parser():
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="make demo DEMO_ARGS='...' passes options through.")
+    add_guest_options(ap)
     ap.add_argument("--precopy-only", action="store_true",
                     help="postcopy-ram off: a plain precopy, for comparison")
     ap.add_argument("--preempt", action="store_true",
                     help="turn on postcopy-preempt")
     ap.add_argument("--src", default=OURS, help="source QEMU binary")
     ap.add_argument("--dst", default=OURS, help="destination QEMU binary")
-    ap.add_argument("--flip", type=int, default=0, metavar="SECONDS",
-                    help="the workload flips a byte after SECONDS, on purpose")
-    ap.add_argument("--settle", type=float, default=4.0,
-                    help="seconds to watch the guest after completion")
-    ap.add_argument("--boot-timeout", type=float, default=300)
-    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--flip", type=positive(int), nargs="?", const=-1,
+                    default=0, metavar="SECONDS",
+                    help="the workload flips a byte of guest memory on "
+                    "purpose, SECONDS after it starts (default: about 1 s "
+                    "into postcopy); the demo must report CORRUPTION")
     ap.add_argument("--json", help="also write the result here")
     return ap
 
 
-def main():
-    args = parser().parse_args()
-    for b in (args.src, args.dst):
+def check_inputs(ap, binaries):
+    for b in binaries:
         if not os.access(b, os.X_OK):
-            parser().error(f"no QEMU binary at {b}")
+            ap.error(f"no QEMU binary at {b}")
     for f in ("vmlinuz", "initrd.img"):
         if not os.path.exists(os.path.join(GUEST, f)):
-            parser().error(f"no {GUEST}/{f}: run scripts/make-guest.sh")
-    workdir = os.path.join(BUILD, "demo", f"run-{os.getpid()}")
-    os.makedirs(workdir)
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))
+            ap.error(f"no {GUEST}/{f}: run scripts/make-guest.sh "
+                     "(make demo does)")
+
+
+def make_workdir(kind):
+    path = os.path.join(BUILD, kind, f"run-{os.getpid()}")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
+def main():
+    ap = parser()
+    args = ap.parse_args()
+    check_inputs(ap, (args.src, args.dst))
+    if args.flip == -1:
+        args.flip = int(args.baseline + args.precopy + 1.5)
+    # SIGTERM and SIGHUP end the run as Ctrl-C does: QEMU stopped, files gone.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
+    workdir = make_workdir("demo")
+    keep = False
     try:
-        accel, why = pick_accel()
-        print(f"demo: {args.ram} guest, {args.smp} vCPUs, {accel} ({why}); "
-              f"workload {args.workload_mib} MiB {args.order}; switch after "
-              f"{args.precopy}s of precopy")
+        for note in settle(args):
+            print("demo: " + note)
+        print(f"demo: {args.ram} guest, {args.smp} vCPU(s), {args.accel}; "
+              f"workload {args.workload_mib} MiB {args.order}; link "
+              f"{args.bandwidth} MiB/s; switch after {args.precopy}s of "
+              + ("precopy" if not args.precopy_only else
+                 "precopy (no: --precopy-only)"))
         res = run_migration(args, workdir, args.src, args.dst)
         print_summary(res)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=1)
-        return 0 if res["ok"] else 1
+        if "error" in res:
+            keep = True
+            print(f"demo: QEMU logs kept in {workdir}")
+            return 1
+        if not res["ok"]:
+            return 1
+        if not res["reached_postcopy"] and not args.precopy_only:
+            print("demo: the migration completed before the switch; a lower "
+                  "--bandwidth or a shorter --precopy gives postcopy work")
+            return 1
+        return 0
     except KeyboardInterrupt:
-        print("\ninterrupted")
+        print("\ndemo: interrupted; QEMU stopped")
         return 130
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

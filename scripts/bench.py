@@ -1,0 +1,521 @@
+#!/usr/bin/env python3
+"""Measure ours against stock QEMU 7.2: the demo's migration, both ways.
+
+Runs the migration of scripts/demo.py with ours (build/obj on both sides)
+and with stock (Debian's /usr/bin/qemu-system-x86_64 on both sides) in
+one run, alternating, N repetitions, without and with postcopy-preempt;
+one migration at a time.  Writes build/bench/<time>/results.json and
+latency-cdf.png (the guest's access latency during postcopy, ours against
+stock, from the workload's histograms) and prints the medians and the
+ours/stock ratios.  --update-docs also rewrites docs/benchmarks.md and
+docs/benchmarks-latency-cdf.png from this run.
+
+A run that fails, that sees corruption, or that never reaches
+postcopy-active is reported and left out of the medians.  Exits non-zero
+when a run failed or saw corruption, or a cell has no run to count.
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import demo  # noqa: E402
+
+DOCS = os.path.join(demo.TOP, "docs")
+PNG = "latency-cdf.png"
+DOC_PNG = "benchmarks-latency-cdf.png"
+IMPLS = ("ours", "stock")
+
+# key, label, unit, how to read it from a run's result
+METRICS = [
+    ("p50_us", "access latency p50", "us",
+     lambda r: r["latency_postcopy"]["p50_us"]),
+    ("p99_us", "access latency p99", "us",
+     lambda r: r["latency_postcopy"]["p99_us"]),
+    ("p999_us", "access latency p99.9", "us",
+     lambda r: r["latency_postcopy"]["p999_us"]),
+    ("worst_us", "access latency worst", "us",
+     lambda r: r["latency_postcopy"]["worst_us"]),
+    ("stall_p50_us", f"stall (>= {demo.STALL_US} us) p50", "us",
+     lambda r: r["latency_postcopy"]["stall_p50_us"]),
+    ("over_1ms", "accesses over 1 ms", "",
+     lambda r: r["latency_postcopy"]["over_1ms"]),
+    ("accesses", "accesses", "",
+     lambda r: r["latency_postcopy"]["accesses"]),
+    ("postcopy_s", "postcopy duration", "s", lambda r: r["postcopy_s"]),
+    ("total_time_ms", "total time", "ms", lambda r: r["total_time_ms"]),
+    ("downtime_ms", "downtime", "ms", lambda r: r["downtime_ms"]),
+    ("blocktime_ms", "blocktime", "ms", lambda r: r["blocktime_ms"]),
+    ("pages_requested", "pages requested", "",
+     lambda r: r["pages_requested"]),
+]
+
+
+def vcpus(n):
+    return f"{n} vCPU" + ("s" if n > 1 else "")
+
+
+def rel(path):
+    return os.path.relpath(path, demo.TOP) if path.startswith(
+        demo.TOP + os.sep) else path
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def file_id(path):
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def machine(args, accel_why):
+    cpu = "unknown"
+    hyper = False
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and " hypervisor" in line:
+                hyper = True
+    mem = sh(["awk", "/MemTotal/ {printf \"%.1f GiB\", $2/1048576}",
+              "/proc/meminfo"])
+    try:
+        with open("/etc/debian_version") as f:
+            debian = f.read().strip()
+    except OSError:
+        debian = "?"
+    return {"cpu": cpu, "cpus": os.cpu_count(), "memory": mem,
+            "virtual_machine": hyper, "kernel": platform.release(),
+            "debian": debian, "accel": args.accel, "accel_why": accel_why,
+            "loadavg_start": os.getloadavg()[1]}
+
+
+def binaries(args):
+    tree = os.path.join(demo.BUILD, "qemu")
+    dirty = sh(["git", "-C", tree, "status", "--porcelain",
+                "--untracked-files=no"])
+    return {
+        "ours": {"path": args.ours, "sha256": sha256(args.ours),
+                 "version": sh([args.ours, "--version"]).split("\n")[0],
+                 "built": datetime.datetime.fromtimestamp(
+                     os.stat(args.ours).st_mtime, datetime.timezone.utc)
+                 .strftime("%Y-%m-%d %H:%M UTC"),
+                 "tree_head": sh(["git", "-C", tree, "rev-parse", "--short",
+                                  "HEAD"]),
+                 "tree_patches": sh(["git", "-C", tree, "rev-list", "--count",
+                                     "base..HEAD"]),
+                 "tree_had_local_changes": bool(dirty),
+                 "project_commit": sh(["git", "-C", demo.TOP, "rev-parse",
+                                       "--short", "HEAD"])},
+        "stock": {"path": args.stock, "sha256": sha256(args.stock),
+                  "version": sh([args.stock, "--version"]).split("\n")[0]},
+    }
+
+
+def classify(res):
+    if "error" in res:
+        return "failed: " + res["error"]
+    if not res["ok"]:
+        return ("integrity failed: " +
+                ("; ".join(res["corruption"][:2]) or
+                 f"guest running {res['guest_running']}, progressing "
+                 f"{res['guest_progressing']}"))
+    if not res["reached_postcopy"]:
+        return ("never reached postcopy-active (statuses: " +
+                ", ".join(res["statuses"]) + ")")
+    return None
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(runs, modes):
+    out = {}
+    for preempt in modes:
+        cell = {}
+        for key, _, _, get in METRICS:
+            row = {}
+            for impl in IMPLS:
+                good = [r for r in runs if r["impl"] == impl and
+                        r["preempt"] == preempt and r["counted"]]
+                row[impl] = median(get(r["result"]) for r in good)
+                row["n_" + impl] = len(good)
+            o, s = row["ours"], row["stock"]
+            row["ratio"] = round(o / s, 3) if o is not None and s else None
+            cell[key] = row
+        out["preempt" if preempt else "no-preempt"] = cell
+    return out
+
+
+def merged_hist(runs, impl, preempt, which="latency_postcopy"):
+    """The histograms of the counted runs (impl None: both) added up."""
+    hist = [0] * demo.BUCKETS
+    for r in runs:
+        if (impl in (None, r["impl"]) and r["preempt"] == preempt and
+                r["counted"]):
+            for i, c in enumerate(r["result"][which]["histogram_log2_us"]):
+                hist[i] += c
+    return hist
+
+
+def cdf_points(hist):
+    """(x, y): the fraction of counts at most x us, for each bucket."""
+    total = sum(hist)
+    xs, ys, seen = [], [], 0
+    for i, c in enumerate(hist):
+        seen += c
+        if seen >= total:
+            break   # 1.0 has no place on a logit axis
+        xs.append(demo.bucket_us(i))
+        ys.append(seen / total)
+    return xs, ys
+
+
+def plot(runs, modes, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.6),
+                             squeeze=False)
+    for ax, preempt in zip(axes[0], modes):
+        for impl, style in zip(IMPLS, ("-", "--")):
+            hist = merged_hist(runs, impl, preempt)
+            if not sum(hist):
+                continue
+            n = sum(1 for r in runs if r["impl"] == impl and
+                    r["preempt"] == preempt and r["counted"])
+            ax.step(*cdf_points(hist), style, where="post", linewidth=2,
+                    label=f"{impl}, postcopy ({n} runs, {sum(hist)} "
+                    "accesses)")
+        base = merged_hist(runs, None, preempt, "latency_baseline")
+        if sum(base):
+            ax.step(*cdf_points(base), ":", where="post", color="gray",
+                    label="both, before the migration")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("logit")
+        ax.set_xlabel("access time (us, log2 buckets)")
+        ax.set_ylabel("fraction of accesses at most this long")
+        ax.set_title("postcopy-preempt " + ("on" if preempt else "off"))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not v.is_integer():
+        v = round(v, 2)
+    elif isinstance(v, float):
+        v = int(v)
+    return f"{v} {unit}".strip()
+
+
+def print_table(summary):
+    for mode, cell in summary.items():
+        print(f"\n{mode}: medians ({cell['total_time_ms']['n_ours']} ours, "
+              f"{cell['total_time_ms']['n_stock']} stock runs counted)")
+        print(f"  {'':34} {'ours':>12} {'stock':>12} {'ours/stock':>10}")
+        for key, label, unit, _ in METRICS:
+            row = cell[key]
+            print(f"  {label + (' (' + unit + ')' if unit else ''):34} "
+                  f"{fmt(row['ours']):>12} {fmt(row['stock']):>12} "
+                  f"{fmt(row['ratio']):>10}")
+
+
+def write_docs(data, outdir):
+    m, b, c = data["machine"], data["binaries"], data["config"]
+    lines = [
+        "# Benchmarks: ours against stock QEMU 7.2",
+        "",
+        "Written by `scripts/bench.py --update-docs` (`make bench "
+        "BENCH_ARGS=--update-docs`) from the run that started "
+        f"{data['started']}; its full results were in "
+        f"`build/bench/{os.path.basename(outdir)}/results.json`, copied to "
+        "`docs/benchmarks.json`. The tables per mode give medians, the "
+        "last one every migration.",
+        "",
+        "## The machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cpus']} cores"
+        + (", a virtual machine" if m["virtual_machine"] else "")
+        + f"; {m['memory']} of RAM",
+        f"- kernel {m['kernel']}, Debian {m['debian']}",
+        f"- load average (5 min) {m['loadavg_start']:.2f} at the start, "
+        f"{m['loadavg_end']:.2f} at the end of the run",
+        f"- accelerator: {m['accel']} ({m['accel_why']})",
+        f"- ours: `{rel(b['ours']['path'])}` built {b['ours']['built']} from "
+        f"`build/qemu` at {b['ours']['tree_head']} (base + "
+        f"{b['ours']['tree_patches']} patches"
+        + (", with local changes in the tree" if
+           b["ours"]["tree_had_local_changes"] else "")
+        + f"), project commit {b['ours']['project_commit']}",
+        f"- stock: `{b['stock']['path']}`, {b['stock']['version']}",
+    ]
+    if data.get("ours_changed_during_run"):
+        lines.append("- **the ours binary was rebuilt during the run**; "
+                     "runs before and after are mixed")
+    lines += [
+        "",
+        "## What ran",
+        "",
+        f"- The demo's migration (`scripts/demo.py`): a {c['ram']} guest "
+        f"with {vcpus(c['smp'])}, the workload keeping {c['workload_mib']} "
+        f"MiB busy in {c['order']} order (half the accesses rewrite the "
+        f"page), {c['baseline']} s of undisturbed running, then a migration "
+        f"over TCP on loopback at {c['bandwidth']} MiB/s (precopy and "
+        f"postcopy), switched to postcopy after {c['precopy']} s, "
+        "postcopy-blocktime on.",
+        f"- {c['reps']} repetition(s) of "
+        + " and ".join("postcopy-preempt " + ("on" if p else "off")
+                       for p in c["modes"])
+        + ", each with ours and stock one after the other (which goes "
+        "first alternates), one migration at a time: "
+        f"{len(data['runs'])} migrations.",
+    ]
+    left = [r for r in data["runs"] if not r["counted"]]
+    if left:
+        lines.append("- Left out of the medians:")
+        for r in left:
+            lines.append(f"  - {r['impl']}, preempt "
+                         f"{'on' if r['preempt'] else 'off'}, repetition "
+                         f"{r['rep'] + 1}: {r['verdict']}")
+    else:
+        lines.append("- Every migration reached postcopy-active, completed, "
+                     "and the guest ran on with no CORRUPTION line.")
+    if c["smp"] == 1 and c["accel"] == "tcg":
+        lines.append("- 1 vCPU because this is TCG: "
+                     "see `docs/notes/tcg-smp-migration-corruption.md`.")
+    lines += ["", "## Results", ""]
+    for mode, cell in data["summary"].items():
+        n = cell["total_time_ms"]
+        lines += [
+            f"### postcopy-preempt {'on' if mode == 'preempt' else 'off'}",
+            "",
+            f"Medians of {n['n_ours']} (ours) and {n['n_stock']} (stock) "
+            "migrations; latencies are the guest's, during postcopy.",
+            "",
+            "| | ours | stock | ours/stock |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for key, label, unit, _ in METRICS:
+            row = cell[key]
+            lines.append(f"| {label}{' (' + unit + ')' if unit else ''} | "
+                         f"{fmt(row['ours'])} | {fmt(row['stock'])} | "
+                         f"{fmt(row['ratio'])} |")
+        lines.append("")
+    lines += [
+        f"![access latency during postcopy, ours against stock]({DOC_PNG})",
+        "",
+        "### Every migration",
+        "",
+        "| # | binaries | preempt | postcopy (s) | total (ms) | downtime "
+        "(ms) | blocktime (ms) | requested | p99.9 (us) | worst (us) | "
+        "over 1 ms | counted |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | --- |",
+    ]
+    for i, r in enumerate(data["runs"], 1):
+        res = r["result"]
+        lat = res.get("latency_postcopy", {})
+        lines.append(
+            f"| {i} | {r['impl']} | {'on' if r['preempt'] else 'off'} | "
+            f"{fmt(res.get('postcopy_s'))} | {fmt(res.get('total_time_ms'))} "
+            f"| {fmt(res.get('downtime_ms'))} | "
+            f"{fmt(res.get('blocktime_ms'))} | "
+            f"{fmt(res.get('pages_requested'))} | "
+            f"{fmt(lat.get('p999_us'))} | {fmt(lat.get('worst_us'))} | "
+            f"{fmt(lat.get('over_1ms'))} | "
+            f"{'yes' if r['counted'] else 'no'} |")
+    lines += [
+        "",
+        "## How to read it",
+        "",
+        "- The latencies are the workload's own (`guest/workload.c`): it "
+        "times every access (check a 4 KiB page, maybe rewrite it) and "
+        "prints a histogram in powers of two of microseconds each second. "
+        "A quantile is the upper bound of its bucket, so it moves in "
+        "factors of two. The guest cannot tell a page fault from another "
+        "access: most accesses find their page in place, so p50 and p99 "
+        "show the guest's ordinary speed and the waits for pages are in "
+        "the tail (p99.9, worst, the stalls).",
+        f"- A stall is an access of {demo.STALL_US} us or more. Under TCG "
+        "the guest sees some of those without any migration (the host's "
+        "scheduling of a shared machine); `scripts/demo.py` prints the "
+        "guest's latency before the migration for comparison.",
+        "- Postcopy duration: from `migrate-start-postcopy` to "
+        "`completed`, as the script saw it (polling every 0.2 s). Total "
+        "time and downtime are the source's `query-migrate`; blocktime "
+        "the destination's `postcopy-blocktime`.",
+        "- A ratio below 1 means ours took less (time, waits) than stock; "
+        "for the number of accesses, more is better.",
+        "- The picture: the fraction of accesses during postcopy that took "
+        "at most a given time, all counted runs together, and in gray the "
+        "same before the migrations began; the y axis stretches both ends, "
+        "so the tail is visible.",
+        "",
+    ]
+    with open(os.path.join(DOCS, "benchmarks.md"), "w") as f:
+        f.write("\n".join(lines))
+    shutil.copyfile(os.path.join(outdir, PNG), os.path.join(DOCS, DOC_PNG))
+    shutil.copyfile(os.path.join(outdir, "results.json"),
+                    os.path.join(DOCS, "benchmarks.json"))
+
+
+def parser():
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="make bench BENCH_N=... BENCH_ARGS='...' passes options "
+        "through.")
+    ap.add_argument("--reps", type=demo.positive(int), default=3,
+                    help="repetitions (default 3)")
+    ap.add_argument("--preempt", choices=("both", "off", "on"),
+                    default="both", help="postcopy-preempt off, on, or both "
+                    "(default)")
+    ap.add_argument("--ours", default=demo.OURS)
+    ap.add_argument("--stock", default=demo.STOCK)
+    ap.add_argument("--update-docs", action="store_true",
+                    help="rewrite docs/benchmarks.md and its picture")
+    demo.add_guest_options(ap)
+    return ap
+
+
+def main():
+    ap = parser()
+    args = ap.parse_args()
+    demo.check_inputs(ap, (args.ours, args.stock))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        ap.error("no matplotlib: make bench installs Debian's "
+                 "python3-matplotlib and runs this with /usr/bin/python3 "
+                 f"(this is {sys.executable})")
+    args.preempt_modes = {"both": [False, True], "off": [False],
+                          "on": [True]}[args.preempt]
+    args.precopy_only = False
+    args.flip = 0
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
+
+    notes = demo.settle(args)
+    accel_why = demo.detect_accel()[1]
+    stamp = datetime.datetime.now(datetime.timezone.utc)
+    outdir = os.path.join(demo.BUILD, "bench", stamp.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(outdir, exist_ok=True)
+    workdir = os.path.join(outdir, "work")
+    for note in notes:
+        print("bench: " + note)
+    data = {
+        "started": stamp.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(args, accel_why),
+        "binaries": binaries(args),
+        "config": {k: getattr(args, k) for k in (
+            "ram", "smp", "accel", "workload_mib", "order", "precopy",
+            "bandwidth", "baseline", "settle", "reps")},
+        "runs": [],
+    }
+    data["config"]["modes"] = args.preempt_modes
+    ours_id = file_id(args.ours)
+
+    plan = []
+    for rep in range(args.reps):
+        for preempt in args.preempt_modes:
+            order = IMPLS if (rep + preempt) % 2 == 0 else IMPLS[::-1]
+            plan += [(rep, preempt, impl) for impl in order]
+    print(f"bench: {len(plan)} migrations, results in {outdir}")
+    bad = 0
+    try:
+        for i, (rep, preempt, impl) in enumerate(plan, 1):
+            binary = args.ours if impl == "ours" else args.stock
+            if impl == "ours" and file_id(args.ours) != ours_id:
+                if not data.get("ours_changed_during_run"):
+                    print("bench: WARNING: the ours binary changed during "
+                          "the run (rebuilt); noted in the results")
+                data["ours_changed_during_run"] = True
+            args.preempt = preempt
+            shutil.rmtree(workdir, ignore_errors=True)
+            os.makedirs(workdir)
+            res = demo.run_migration(args, workdir, binary, binary,
+                                     progress=False)
+            verdict = demo_verdict = classify(res)
+            if "error" in res or not res["ok"]:
+                bad += 1
+                kept = os.path.join(outdir, f"failed-{i}")
+                os.rename(workdir, kept)
+                demo_verdict = f"{verdict} (logs: {kept})"
+            lat = res.get("latency_postcopy", {})
+            print(f"[{i}/{len(plan)}] {impl:5} preempt "
+                  f"{'on ' if preempt else 'off'} rep {rep + 1}: "
+                  + (f"postcopy {res['postcopy_s']} s, total "
+                     f"{res['total_time_ms']} ms, downtime "
+                     f"{res['downtime_ms']} ms, blocktime "
+                     f"{res['blocktime_ms']} ms, requested "
+                     f"{res['pages_requested']}, p99.9 {lat.get('p999_us')} "
+                     f"us, worst {lat.get('worst_us')} us, over 1 ms "
+                     f"{lat.get('over_1ms')}" if "error" not in res else "")
+                  + f" -> {demo_verdict or 'counted'}", flush=True)
+            data["runs"].append({"rep": rep, "preempt": preempt,
+                                 "impl": impl, "binary": binary,
+                                 "counted": verdict is None,
+                                 "verdict": verdict or "counted",
+                                 "result": res})
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; QEMU stopped, nothing summarized "
+              f"({len(data['runs'])} runs done, not written)")
+        shutil.rmtree(outdir, ignore_errors=True)
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    data["machine"]["loadavg_end"] = os.getloadavg()[1]
+    data["summary"] = summarize(data["runs"], args.preempt_modes)
+    print_table(data["summary"])
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    title = (f"the guest's access times, {data['config']['ram']} guest, "
+             f"{vcpus(args.smp)}, {args.accel}\n{data['started']}")
+    plot(data["runs"], args.preempt_modes, os.path.join(outdir, PNG), title)
+    print(f"\nbench: {outdir}/results.json, {outdir}/{PNG}")
+    if args.update_docs:
+        write_docs(data, outdir)
+        print(f"bench: docs/benchmarks.md, docs/{DOC_PNG} and "
+              "docs/benchmarks.json rewritten")
+    empty = [m for m, cell in data["summary"].items()
+             for impl in IMPLS if not cell["total_time_ms"]["n_" + impl]]
+    if empty:
+        print(f"bench: no counted run in {', '.join(sorted(set(empty)))}")
+    if bad:
+        print(f"bench: {bad} run(s) failed or saw corruption (above)")
+    return 1 if bad or empty else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
