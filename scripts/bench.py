@@ -60,10 +60,6 @@ METRICS = [
 ]
 
 
-def vcpus(n):
-    return f"{n} vCPU" + ("s" if n > 1 else "")
-
-
 def rel(path):
     return os.path.relpath(path, demo.TOP) if path.startswith(
         demo.TOP + os.sep) else path
@@ -162,8 +158,11 @@ def summarize(runs, modes):
             for impl in IMPLS:
                 good = [r for r in runs if r["impl"] == impl and
                         r["preempt"] == preempt and r["counted"]]
-                row[impl] = median(get(r["result"]) for r in good)
+                vals = [v for v in (get(r["result"]) for r in good)
+                        if v is not None]
+                row[impl] = median(vals)
                 row["n_" + impl] = len(good)
+                row["range_" + impl] = [min(vals), max(vals)] if vals else None
             o, s = row["ours"], row["stock"]
             row["ratio"] = round(o / s, 3) if o is not None and s else None
             cell[key] = row
@@ -221,7 +220,7 @@ def plot(runs, modes, path, title):
         ax.set_xlabel("access time (us, log2 buckets)")
         ax.set_ylabel("fraction of accesses at most this long")
         ax.set_title("postcopy-preempt " + ("on" if preempt else "off"))
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, which="major", alpha=0.3)
         ax.legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
@@ -256,8 +255,9 @@ def write_docs(data, outdir):
     lines = [
         "# Benchmarks: ours against stock QEMU 7.2",
         "",
-        "Written by `scripts/bench.py --update-docs` (`make bench "
-        "BENCH_ARGS=--update-docs`) from the run that started "
+        "Written by `scripts/bench.py` (`make bench "
+        "BENCH_ARGS=--update-docs` at the end of a run, or `--docs-from` "
+        "with a run's results) from the run that started "
         f"{data['started']}; its full results were in "
         f"`build/bench/{os.path.basename(outdir)}/results.json`, copied to "
         "`docs/benchmarks.json`. The tables per mode give medians, the "
@@ -288,7 +288,8 @@ def write_docs(data, outdir):
         "## What ran",
         "",
         f"- The demo's migration (`scripts/demo.py`): a {c['ram']} guest "
-        f"with {vcpus(c['smp'])}, the workload keeping {c['workload_mib']} "
+        f"with {demo.vcpus(c['smp'])}, the workload keeping "
+        f"{c['workload_mib']} "
         f"MiB busy in {c['order']} order (half the accesses rewrite the "
         f"page), {c['baseline']} s of undisturbed running, then a migration "
         f"over TCP on loopback at {c['bandwidth']} MiB/s (precopy and "
@@ -323,15 +324,25 @@ def write_docs(data, outdir):
             f"Medians of {n['n_ours']} (ours) and {n['n_stock']} (stock) "
             "migrations; latencies are the guest's, during postcopy.",
             "",
-            "| | ours | stock | ours/stock |",
-            "| --- | ---: | ---: | ---: |",
+            "| | ours | (range) | stock | (range) | ours/stock |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
+
+        def span(r):
+            return "-" if not r else f"{fmt(r[0])}–{fmt(r[1])}"
         for key, label, unit, _ in METRICS:
             row = cell[key]
             lines.append(f"| {label}{' (' + unit + ')' if unit else ''} | "
-                         f"{fmt(row['ours'])} | {fmt(row['stock'])} | "
-                         f"{fmt(row['ratio'])} |")
-        lines.append("")
+                         f"{fmt(row['ours'])} | {span(row['range_ours'])} | "
+                         f"{fmt(row['stock'])} | {span(row['range_stock'])} "
+                         f"| {fmt(row['ratio'])} |")
+        both = [cell[k] for k, _, _, _ in METRICS
+                if cell[k]["range_ours"] and cell[k]["range_stock"]]
+        overlap = sum(1 for r in both
+                      if r["range_ours"][0] <= r["range_stock"][1] and
+                      r["range_stock"][0] <= r["range_ours"][1])
+        lines += ["", f"Ours' and stock's ranges overlap in {overlap} of "
+                  f"these {len(both)} rows.", ""]
     lines += [
         f"![access latency during postcopy, ours against stock]({DOC_PNG})",
         "",
@@ -390,6 +401,41 @@ def write_docs(data, outdir):
                     os.path.join(DOCS, "benchmarks.json"))
 
 
+def plot_run(data, outdir):
+    c = data["config"]
+    title = (f"the guest's access times, {c['ram']} guest, "
+             f"{demo.vcpus(c['smp'])}, {c['accel']}\n{data['started']}")
+    plot(data["runs"], c["modes"], os.path.join(outdir, PNG), title)
+
+
+def docs_from(ap, path):
+    """Summary, picture and docs again from a results.json, no migration."""
+    try:
+        import matplotlib  # noqa: F401
+        with open(path) as f:
+            data = json.load(f)
+    except (ImportError, OSError, ValueError) as e:
+        ap.error(f"--docs-from {path}: {e}")
+    outdir = os.path.dirname(os.path.abspath(path))
+    # The quantiles again from the recorded histograms (so a change of
+    # their definition reaches an earlier run's numbers).
+    for r in data["runs"]:
+        for key in ("latency_baseline", "latency_precopy",
+                    "latency_postcopy"):
+            lat = r["result"].get(key)
+            if lat:
+                lat.update(demo.hist_stats(lat["histogram_log2_us"]))
+    data["summary"] = summarize(data["runs"], data["config"]["modes"])
+    print_table(data["summary"])
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+    plot_run(data, outdir)
+    write_docs(data, outdir)
+    print(f"bench: docs/benchmarks.md, docs/{DOC_PNG} and "
+          f"docs/benchmarks.json rewritten from {path}")
+    return 0
+
+
 def parser():
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
@@ -404,6 +450,9 @@ def parser():
     ap.add_argument("--stock", default=demo.STOCK)
     ap.add_argument("--update-docs", action="store_true",
                     help="rewrite docs/benchmarks.md and its picture")
+    ap.add_argument("--docs-from", metavar="RESULTS_JSON",
+                    help="migrate nothing: summarize an earlier run's "
+                    "results.json again and rewrite the docs from it")
     demo.add_guest_options(ap)
     return ap
 
@@ -411,6 +460,8 @@ def parser():
 def main():
     ap = parser()
     args = ap.parse_args()
+    if args.docs_from:
+        return docs_from(ap, args.docs_from)
     demo.check_inputs(ap, (args.ours, args.stock))
     try:
         import matplotlib  # noqa: F401
@@ -500,9 +551,7 @@ def main():
     print_table(data["summary"])
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(data, f, indent=1)
-    title = (f"the guest's access times, {data['config']['ram']} guest, "
-             f"{vcpus(args.smp)}, {args.accel}\n{data['started']}")
-    plot(data["runs"], args.preempt_modes, os.path.join(outdir, PNG), title)
+    plot_run(data, outdir)
     print(f"\nbench: {outdir}/results.json, {outdir}/{PNG}")
     if args.update_docs:
         write_docs(data, outdir)

@@ -86,6 +86,10 @@ def settle(args):
     return notes
 
 
+def vcpus(n):
+    return f"{n} vCPU" + ("s" if n > 1 else "")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,7 +99,8 @@ def free_port():
 def _die_with_parent():
     """In the child: SIGKILL when the process that started it dies."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # SET_PDEATHSIG
+        # prctl(PR_SET_PDEATHSIG, SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
 
@@ -121,7 +126,8 @@ class SerialLog:
         data = self.partial + data
         *done, self.partial = data.split(b"\n")
         for line in done:
-            self.lines.append((now, line.decode(errors="replace").rstrip("\r")))
+            text = line.decode(errors="replace").rstrip("\r")
+            self.lines.append((now, text))
 
     def find(self, needle):
         return [t for t, line in self.lines if needle in line]
@@ -169,17 +175,25 @@ def latency_summary(lines, t_from, t_to):
         over += int(m.group(4))
         for i, c in enumerate(m.group(6).split(",")[:BUCKETS]):
             hist[i] += int(c)
-    first_stall = STALL_US.bit_length() - 1     # bucket holding [256, 512)
+    out = {"seconds": seconds, "accesses": acc,
+           "worst_us": worst if acc else None, "over_1ms": over,
+           "histogram_log2_us": hist}
+    out.update(hist_stats(hist))
+    return out
+
+
+def hist_stats(hist):
+    """The quantiles latency_summary() derives from a histogram."""
+    # Bucket i holds [2^(i-1), 2^i) us: the first stall bucket is
+    # [STALL_US, 2 * STALL_US).
+    first_stall = STALL_US.bit_length()
     stalls = [0] * first_stall + hist[first_stall:]
-    return {"seconds": seconds, "accesses": acc,
-            "p50_us": hist_quantile(hist, 0.5),
+    return {"p50_us": hist_quantile(hist, 0.5),
             "p99_us": hist_quantile(hist, 0.99),
             "p999_us": hist_quantile(hist, 0.999),
-            "worst_us": worst if acc else None, "over_1ms": over,
             "stalls": sum(stalls),
             "stall_p50_us": hist_quantile(stalls, 0.5),
-            "stall_p99_us": hist_quantile(stalls, 0.99),
-            "histogram_log2_us": hist}
+            "stall_p99_us": hist_quantile(stalls, 0.99)}
 
 
 class Migration:
@@ -414,7 +428,7 @@ def print_summary(res):
     print("summary")
     print(f"  binaries        source {res['source']}")
     print(f"                  destination {res['destination']}")
-    print(f"  guest           {res['smp']} vCPU(s), {res['accel']}, preempt "
+    print(f"  guest           {vcpus(res['smp'])}, {res['accel']}, preempt "
           f"{'on' if res['preempt'] else 'off'}")
     if "error" in res:
         print(f"  FAILED          {res['error']}")
@@ -446,10 +460,9 @@ def print_summary(res):
           f"over 1 ms {base.get('over_1ms')}")
     for line in res["flipped"]:
         print(f"  flip            {line}")
-    print(f"  integrity       guest "
-          f"{'running' if res['guest_running'] else 'NOT running'} on the "
-          f"destination, "
-          f"{'progressing' if res['guest_progressing'] else 'NOT progressing'}, "
+    running = "running" if res["guest_running"] else "NOT running"
+    going = "progressing" if res["guest_progressing"] else "NOT progressing"
+    print(f"  integrity       guest {running} on the destination, {going}, "
           f"{len(res['corruption'])} CORRUPTION line(s)")
     for line in res["corruption"][:5]:
         print(f"    {line}")
@@ -559,7 +572,7 @@ def main():
     try:
         for note in settle(args):
             print("demo: " + note)
-        print(f"demo: {args.ram} guest, {args.smp} vCPU(s), {args.accel}; "
+        print(f"demo: {args.ram} guest, {vcpus(args.smp)}, {args.accel}; "
               f"workload {args.workload_mib} MiB {args.order}; link "
               f"{args.bandwidth} MiB/s; switch after {args.precopy}s of "
               + ("precopy" if not args.precopy_only else
