@@ -16,7 +16,12 @@ pkgs=(
     libglib2.0-dev libfdt-dev libpixman-1-dev zlib1g-dev libgnutls28-dev
     libslirp-dev ccache dpkg-dev git xz-utils valgrind util-linux
     seabios ipxe-qemu qemu-system-data qemu-utils
+    libvirt-daemon-system libvirt-daemon-system-sysv libvirt-clients
+    libvirt-daemon libvirt-daemon-driver-qemu acl iproute2
 )
+# The libvirt test (tests/tools/test-libvirt-postcopy.py) starts its own
+# daemons; the packages' services must not start on install.
+daemons=(libvirtd virtlogd virtlockd)
 
 # deb-src: copy every deb entry of the host's deb822 sources with its type
 # switched, so the archive (or mirror, or snapshot) is whatever the host uses.
@@ -65,11 +70,36 @@ done
 have_stock=$(dpkg-query -W -f='${Version}' "$STOCK_PKG" 2>/dev/null || true)
 [ "$have_stock" = "$stock_ver" ] || missing+=("$STOCK_PKG=$stock_ver")
 
+# No service starts while we install: a policy-rc.d of our own (101:
+# action forbidden) for the duration, unless the host has one already.
+# Daemons that start anyway are stopped by the PID they got.
+daemon_pids() {
+    local d
+    for d in "${daemons[@]}"; do pgrep -x "$d" || true; done | sort
+}
+install_quietly() {
+    local policy=/usr/sbin/policy-rc.d own_policy=0 before after pid
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        own_policy=1
+    fi
+    before=$(daemon_pids)
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "$@" >"$BUILD/setup-apt.log" 2>&1 ||
+        { [ $own_policy = 0 ] || rm -f "$policy"
+          tail -n 30 "$BUILD/setup-apt.log"; die "apt-get install failed"; }
+    [ $own_policy = 0 ] || rm -f "$policy"
+    after=$(daemon_pids)
+    for pid in $(comm -13 <(echo "$before") <(echo "$after")); do
+        warn "the install started $(cat /proc/"$pid"/comm 2>/dev/null) ($pid); stopping it"
+        kill "$pid" 2>/dev/null || true
+    done
+}
+
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing: ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        "${missing[@]}" >"$BUILD/setup-apt.log" 2>&1 ||
-        { tail -n 30 "$BUILD/setup-apt.log"; die "apt-get install failed"; }
+    install_quietly "${missing[@]}"
 fi
 
 "$STOCK_QEMU" --version | head -n1
