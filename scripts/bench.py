@@ -378,10 +378,10 @@ def write_docs(data, outdir):
         "access: most accesses find their page in place, so p50 and p99 "
         "show the guest's ordinary speed and the waits for pages are in "
         "the tail (p99.9, worst, the stalls).",
-        f"- A stall is an access of {demo.STALL_US} us or more. Under TCG "
-        "the guest sees some of those without any migration (the host's "
-        "scheduling of a shared machine); `scripts/demo.py` prints the "
-        "guest's latency before the migration for comparison.",
+        f"- A stall is an access of {demo.STALL_US} us or more. The guest "
+        "sees some of those without any migration (the gray line in the "
+        "picture: the seconds before each migration); `scripts/demo.py` prints "
+        "the same for comparison.",
         "- Postcopy duration: from `migrate-start-postcopy` to "
         "`completed`, as the script saw it (polling every 0.2 s). Total "
         "time and downtime are the source's `query-migrate`; blocktime "
