@@ -30,6 +30,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import demo  # noqa: E402
 
+# matplotlib's font cache and config go under build/, not the home directory
+os.environ.setdefault("MPLCONFIGDIR",
+                      os.path.join(demo.BUILD, "bench", ".matplotlib"))
+
 DOCS = os.path.join(demo.TOP, "docs")
 PNG = "latency-cdf.png"
 DOC_PNG = "benchmarks-latency-cdf.png"
