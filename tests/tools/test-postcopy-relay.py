@@ -16,6 +16,11 @@ value as the page before it, but for one step down (mod 256) where the
 incrementer stood.
 
 Options: --cuts N cuts and recoveries in one migration (default 1).
+--fail-recovery cut|pause: the first recovery's relay holds back what the
+destination sends, so both sides stay in postcopy-recover waiting for each
+other; the test then cuts that relay (a link lost while recovering) or runs
+migrate-pause on the destination.  Both must go back to postcopy-paused and a
+second recovery must complete the migration.
 """
 
 import argparse
@@ -55,8 +60,10 @@ def bootsect(path):
 class Relay:
     """Forward one connection from a unix socket to another, until cut."""
 
-    def __init__(self, listen_path, target_path):
+    def __init__(self, listen_path, target_path, hold_back=False):
         self.target_path = target_path
+        # Forward nothing from the destination to the source
+        self.hold_back = hold_back
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(listen_path)
         self.listener.listen(1)
@@ -78,9 +85,9 @@ class Relay:
             if self.cut_done:
                 self._shut()
                 return
-        for x, y in ((a, b), (b, a)):
-            threading.Thread(target=self._pipe, args=(x, y),
-                             daemon=True).start()
+        threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+        threading.Thread(target=self._hold if self.hold_back else self._pipe,
+                         args=(b, a), daemon=True).start()
 
     def _pipe(self, src, dst):
         try:
@@ -90,6 +97,18 @@ class Relay:
                     break
                 dst.sendall(data)
                 self.bytes += len(data)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _hold(self, src, dst):
+        """Swallow what @src sends; pass on only its end."""
+        try:
+            while src.recv(1 << 16):
+                pass
         except OSError:
             pass
         try:
@@ -166,9 +185,37 @@ def wait_serial(path, timeout=20):
     raise AssertionError("the guest did not start on the source")
 
 
+def fail_recovery(src, dst, tmp, how):
+    """A recovery that cannot finish must leave both sides paused."""
+    dst_path = os.path.join(tmp, "dst-stalled.sock")
+    relay_path = os.path.join(tmp, "relay-stalled.sock")
+    dst.execute("migrate-recover", uri="unix:" + dst_path)
+    relay = Relay(relay_path, dst_path, hold_back=True)
+    src.execute("migrate", uri="unix:" + relay_path, resume=True)
+    wait_status(src, "source", ("postcopy-recover",), 30)
+    wait_status(dst, "target", ("postcopy-recover",), 30)
+    # Held back, the received bitmaps never reach the source.
+    time.sleep(1.0)
+    for name, q in (("source", src), ("target", dst)):
+        st = status(q)
+        if st != "postcopy-recover":
+            raise AssertionError(f"{name} is {st} with the return path held "
+                                 "back; expected postcopy-recover")
+    if how == "cut":
+        relay.cut()
+    else:
+        # One side is enough: the other loses the link with it.
+        dst.execute("migrate-pause")
+    wait_status(src, "source", ("postcopy-paused",), 30)
+    wait_status(dst, "target", ("postcopy-paused",), 30)
+    relay.cut()
+    print(f"recovery failed by {how}: both sides paused again")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cuts", type=int, default=1)
+    ap.add_argument("--fail-recovery", choices=("cut", "pause"))
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="postcopy-relay-")
@@ -221,6 +268,9 @@ def main():
             wait_status(src, "source", ("postcopy-paused",), 30)
             wait_status(dst, "target", ("postcopy-paused",), 30)
             print(f"cut {cut}: both sides paused after {sent} bytes relayed")
+
+            if cut == 1 and args.fail_recovery:
+                fail_recovery(src, dst, tmp, args.fail_recovery)
 
             dst_path = os.path.join(tmp, f"dst-{cut}.sock")
             relay_path = os.path.join(tmp, f"relay-{cut}.sock")
