@@ -16,6 +16,10 @@ value as the page before it, but for one step down (mod 256) where the
 incrementer stood.
 
 Options: --cuts N cuts and recoveries in one migration (default 1).
+--preempt: postcopy-preempt on both sides (the relay carries both
+channels).  --hugetlb: guest RAM on 2 MiB hugetlbfs pages, so pages are
+requested, staged and placed a huge page at a time (the test reserves the
+pages and gives them back).
 --fail-recovery cut|pause: the first recovery's relay holds back what the
 destination sends, so both sides stay in postcopy-recover waiting for each
 other; the test then cuts that relay (a link lost while recovering) or runs
@@ -60,8 +64,12 @@ def bootsect(path):
 class Relay:
     """Forward one connection from a unix socket to another, until cut."""
 
-    def __init__(self, listen_path, target_path, hold_back=False):
+    def __init__(self, listen_path, target_path, hold_back=False,
+                 rate=None):
         self.target_path = target_path
+        # Bytes a second towards the destination, all channels together
+        self.rate = rate
+        self.start = time.monotonic()
         # Forward nothing from the destination to the source
         self.hold_back = hold_back
         self.listener = socket.socket(socket.AF_UNIX)
@@ -74,29 +82,38 @@ class Relay:
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
-        try:
-            a, _ = self.listener.accept()
-        except OSError:
-            return
-        b = socket.socket(socket.AF_UNIX)
-        b.connect(self.target_path)
-        with self.lock:
-            self.socks = [a, b]
-            if self.cut_done:
-                self._shut()
+        # One connection, or two with postcopy-preempt
+        while True:
+            try:
+                a, _ = self.listener.accept()
+            except OSError:
                 return
-        threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-        threading.Thread(target=self._hold if self.hold_back else self._pipe,
-                         args=(b, a), daemon=True).start()
+            b = socket.socket(socket.AF_UNIX)
+            b.connect(self.target_path)
+            with self.lock:
+                self.socks += [a, b]
+                if self.cut_done:
+                    self._shut()
+                    return
+            threading.Thread(target=self._pipe, args=(a, b, self.rate),
+                             daemon=True).start()
+            threading.Thread(target=self._hold if self.hold_back
+                             else self._pipe, args=(b, a),
+                             daemon=True).start()
 
-    def _pipe(self, src, dst):
+    def _pipe(self, src, dst, rate=None):
         try:
             while True:
                 data = src.recv(1 << 16)
                 if not data:
                     break
                 dst.sendall(data)
-                self.bytes += len(data)
+                with self.lock:
+                    self.bytes += len(data)
+                    ahead = self.bytes / rate - (time.monotonic() -
+                                                 self.start) if rate else 0
+                if ahead > 0:
+                    time.sleep(ahead)
         except OSError:
             pass
         try:
@@ -185,6 +202,33 @@ def wait_serial(path, timeout=20):
     raise AssertionError("the guest did not start on the source")
 
 
+class Hugepages:
+    """Reserve 2 MiB pages for both guests; give them back at the end."""
+
+    PATH = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+
+    def __init__(self, wanted):
+        try:
+            with open(self.PATH) as f:
+                self.before = int(f.read())
+            with open(self.PATH, "w") as f:
+                f.write(str(self.before + wanted))
+            with open(self.PATH) as f:
+                got = int(f.read()) - self.before
+        except OSError as e:
+            print(f"environment: cannot reserve 2 MiB huge pages ({e})")
+            sys.exit(77)
+        if got < wanted:
+            self.restore()
+            print(f"environment: only {got} of {wanted} 2 MiB huge pages "
+                  "could be reserved")
+            sys.exit(77)
+
+    def restore(self):
+        with open(self.PATH, "w") as f:
+            f.write(str(self.before))
+
+
 def fail_recovery(src, dst, tmp, how):
     """A recovery that cannot finish must leave both sides paused."""
     dst_path = os.path.join(tmp, "dst-stalled.sock")
@@ -216,7 +260,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cuts", type=int, default=1)
     ap.add_argument("--fail-recovery", choices=("cut", "pause"))
+    ap.add_argument("--preempt", action="store_true",
+                    help="postcopy-preempt on both sides")
+    ap.add_argument("--hugetlb", action="store_true",
+                    help="guest RAM on 2 MiB hugetlbfs pages")
     args = ap.parse_args()
+    hugepages = Hugepages(160) if args.hugetlb else None
 
     tmp = tempfile.mkdtemp(prefix="postcopy-relay-")
     procs = []
@@ -226,6 +275,10 @@ def main():
 
         def start(binary, name, extra):
             qmp_path = os.path.join(tmp, f"{name}.qmp")
+            if args.hugetlb:
+                extra = ["-object", "memory-backend-memfd,id=ram,size=150M,"
+                         "hugetlb=on,hugetlbsize=2M",
+                         "-machine", "memory-backend=ram"] + extra
             cmd = [binary, "-accel", "kvm", "-accel", "tcg", "-m", "150M",
                    "-name", name, "-display", "none", "-nodefaults",
                    "-serial", "file:" + os.path.join(tmp, f"{name}.serial"),
@@ -238,9 +291,11 @@ def main():
 
         src = start(SRC, "source", [])
         dst = start(DST, "target", ["-incoming", "defer"])
+        caps = [{"capability": "postcopy-ram", "state": True}]
+        if args.preempt:
+            caps.append({"capability": "postcopy-preempt", "state": True})
         for q in (src, dst):
-            q.execute("migrate-set-capabilities", capabilities=[
-                {"capability": "postcopy-ram", "state": True}])
+            q.execute("migrate-set-capabilities", capabilities=caps)
         # Slow enough that postcopy is still going when the link drops.
         src.execute("migrate-set-parameters", **{
             "max-bandwidth": 64 << 20, "max-postcopy-bandwidth": 8 << 20,
@@ -249,7 +304,10 @@ def main():
         wait_serial(os.path.join(tmp, "source.serial"))
         dst_path = os.path.join(tmp, "dst-0.sock")
         dst.execute("migrate-incoming", uri="unix:" + dst_path)
-        relay = Relay(os.path.join(tmp, "relay-0.sock"), dst_path)
+        # Requested pages bypass max-postcopy-bandwidth on the preempt
+        # channel (as they must); the link itself is slow then.
+        rate = (24 << 20) if args.preempt else None
+        relay = Relay(os.path.join(tmp, "relay-0.sock"), dst_path, rate=rate)
         src.execute("migrate", uri="unix:" + os.path.join(tmp, "relay-0.sock"))
         time.sleep(1.0)
         src.execute("migrate-start-postcopy")
@@ -277,7 +335,8 @@ def main():
             # The destination moves to postcopy-recover when the source
             # connects, not before.
             dst.execute("migrate-recover", uri="unix:" + dst_path)
-            relay = Relay(relay_path, dst_path)
+            relay = Relay(relay_path, dst_path,
+                          rate=rate if cut < args.cuts else None)
             if cut == args.cuts:
                 # The last leg may run at full speed.
                 src.execute("migrate-set-parameters",
@@ -326,6 +385,8 @@ def main():
                 p.kill()
             p.wait()
         subprocess.run(["rm", "-rf", tmp])
+        if hugepages:
+            hugepages.restore()
     return 0
 
 
