@@ -51,7 +51,8 @@ stopped at the start.  Logs stay in build/libvirt/.
 
 Environment: OURS, TREE (the QEMU source tree, for the boot sector),
 STOCK (default /usr/bin/qemu-system-x86_64).  Options: --only
-root|unpriv, --emulators ours,stock, --scenarios switch,after,resume.
+root|unpriv, --emulators ours,stock, --scenarios switch,after,resume,
+--accel tcg (the default is KVM when /dev/kvm opens).
 Skips (77) when it cannot run here, saying why.
 """
 
@@ -831,9 +832,10 @@ def run_all(args, emulators, scenarios, state):
     preflight(emulators)
     cleanup_stale()
     os.makedirs(BASE, exist_ok=True)
-    kvm = kvm_usable()
+    kvm = args.accel == "auto" and kvm_usable()
     if not kvm:
-        say("no usable /dev/kvm: the guest runs under TCG")
+        say("the guest runs under TCG" + (" (no usable /dev/kvm)"
+                                          if args.accel == "auto" else ""))
     run = state["run"] = Run(kvm)
     results = state["results"]
 
@@ -934,6 +936,8 @@ def main():
     ap.add_argument("--only", choices=("root", "unpriv"))
     ap.add_argument("--emulators", default="stock,ours")
     ap.add_argument("--scenarios", default="switch,after,resume")
+    ap.add_argument("--accel", choices=("auto", "tcg"), default="auto",
+                    help="auto: KVM when /dev/kvm can be opened")
     args = ap.parse_args()
     emulators = {e: {"ours": OURS, "stock": STOCK}[e]
                  for e in args.emulators.split(",")}
