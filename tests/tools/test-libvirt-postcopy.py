@@ -666,6 +666,18 @@ class Run:
         except AssertionError as e:
             raise Failure(str(e))
         os.unlink(dump)
+        # The dump is the guest's memory: its boot sector's code is at
+        # 0x7c00 (the GDT after it the CPU marks accessed).
+        args = {"val": 0x7c00, "size": 64, "filename": dump_in}
+        self.b.virsh("qemu-monitor-command", DOMAIN, json.dumps(
+            {"execute": "pmemsave", "arguments": args}), quiet=True)
+        with open(dump, "rb") as f, \
+                open(self.b.path("/var/lib/libvirt/images/bootsect"),
+                     "rb") as g:
+            if f.read() != g.read(64):
+                raise Failure("pmemsave at 0x7c00 on host b does not give "
+                              "the boot sector: not the guest's memory?")
+        os.unlink(dump)
         say(f"  guest running on b, gone from a; memory consistent "
             f"(first page holds {value})")
         check_qmp_log(self.a.log_since(a_off), self.b.log_since(b_off),
