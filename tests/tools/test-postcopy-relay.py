@@ -15,7 +15,9 @@ order, over and over.  With the guest stopped, every page holds the same
 value as the page before it, but for one step down (mod 256) where the
 incrementer stood.
 
-Options: --cuts N cuts and recoveries in one migration (default 1).
+Options: --cuts N cuts and recoveries in one migration (default 1; 0 for
+a postcopy without a cut).  --release-ram: that capability on the source
+(with --cuts 0).
 --preempt: postcopy-preempt on both sides (the relay carries both
 channels).  --hugetlb: guest RAM on 2 MiB hugetlbfs pages, so pages are
 requested, staged and placed a huge page at a time (the test reserves the
@@ -262,6 +264,9 @@ def main():
     ap.add_argument("--fail-recovery", choices=("cut", "pause"))
     ap.add_argument("--preempt", action="store_true",
                     help="postcopy-preempt on both sides")
+    ap.add_argument("--release-ram", action="store_true",
+                    help="release-ram on the source (needs --cuts 0: a "
+                    "recovery is refused with it)")
     ap.add_argument("--hugetlb", action="store_true",
                     help="guest RAM on 2 MiB hugetlbfs pages")
     args = ap.parse_args()
@@ -296,6 +301,9 @@ def main():
             caps.append({"capability": "postcopy-preempt", "state": True})
         for q in (src, dst):
             q.execute("migrate-set-capabilities", capabilities=caps)
+        if args.release_ram:
+            src.execute("migrate-set-capabilities", capabilities=[
+                {"capability": "release-ram", "state": True}])
         # Slow enough that postcopy is still going when the link drops.
         src.execute("migrate-set-parameters", **{
             "max-bandwidth": 64 << 20, "max-postcopy-bandwidth": 8 << 20,
@@ -313,6 +321,9 @@ def main():
         src.execute("migrate-start-postcopy")
         wait_status(src, "source", ("postcopy-active",), 30)
         wait_status(dst, "target", ("postcopy-active",), 30)
+        if not args.cuts:
+            src.execute("migrate-set-parameters",
+                        **{"max-postcopy-bandwidth": 0})
 
         for cut in range(1, args.cuts + 1):
             time.sleep(1.0)
