@@ -2,6 +2,7 @@
 # Build every patch of the series in turn (bisectability): check out each
 # commit of build/qemu, build incrementally what exists at that commit,
 # then return to the tip.  Slow on a cold cache; not part of make check.
+# With an argument (a commit of build/qemu), only the patches after it.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 time_phase check-series
@@ -11,7 +12,7 @@ cd "$TREE"
     die "$TREE has uncommitted changes"
 tip=$(git rev-parse --abbrev-ref HEAD)
 trap 'git -C "$TREE" checkout -q "$tip"' EXIT
-for c in $(git rev-list --reverse base..HEAD); do
+for c in $(git rev-list --reverse "${1:-base}"..HEAD); do
     git checkout -q "$c"
     targets=(qemu-system-x86_64 tests/qtest/migration-test)
     while read -r t; do

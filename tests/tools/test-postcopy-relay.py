@@ -204,6 +204,29 @@ def wait_serial(path, timeout=20):
     raise AssertionError("the guest did not start on the source")
 
 
+def check_ram_advice(pid):
+    """Postcopy turns THP off on guest RAM while pages arrive; after it the
+    destination's RAM must be advised as on any QEMU: huge pages allowed
+    (VmFlags hg, not nh) and mergeable by KSM (mg, QEMU's mem-merge)."""
+    size_kb = 150 << 10
+    flags = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                # RAM is mapped whole, maybe with an alignment page
+                in_ram = size_kb <= (hi - lo) >> 10 < size_kb + (4 << 10)
+            elif line.startswith("VmFlags:") and in_ram:
+                flags = line.split()[1:]
+                break
+    if flags is None:
+        raise AssertionError("no mapping of guest RAM in the destination")
+    if "nh" in flags or "hg" not in flags or "mg" not in flags:
+        raise AssertionError("guest RAM on the destination is advised "
+                             f"{' '.join(flags)}; expected hg and mg, no nh")
+    print("guest RAM advised for THP and KSM again: " + " ".join(flags))
+
+
 class Hugepages:
     """Reserve 2 MiB pages for both guests; give them back at the end."""
 
@@ -380,6 +403,8 @@ def main():
         value = check_guest_ram(dump)
         print(f"completed after {args.cuts} cut(s); guest memory consistent "
               f"(first page holds {value})")
+        if not args.hugetlb:
+            check_ram_advice(dict(procs)["target"].pid)
         for name, p in procs:
             if p.poll() is not None:
                 raise AssertionError(f"{name} QEMU exited ({p.returncode})")
