@@ -533,6 +533,11 @@ class Run:
             raise Failure(f"virsh migrate still running after {timeout}s")
         return proc.returncode, out, err
 
+    def finish_migrate(self, mig):
+        rc, _, err = self.wait_virsh(mig, 120)
+        if rc:
+            raise Failure(f"virsh migrate failed: {err.strip()}")
+
     def wait_precopy(self, mig):
         """The source's job is migrating and has sent something."""
         def going():
@@ -553,17 +558,13 @@ class Run:
         self.wait_precopy(mig)
         time.sleep(1.0)
         self.a.virsh("migrate-postcopy", DOMAIN)
-        rc, out, err = self.wait_virsh(mig, 120)
-        if rc:
-            raise Failure(f"virsh migrate failed: {err.strip()}")
+        self.finish_migrate(mig)
 
     def after(self):
         port = free_port()
         mig = self.virsh_bg(self.a, self.migrate_cmd(
             "--postcopy-after-precopy", port=port))
-        rc, out, err = self.wait_virsh(mig, 120)
-        if rc:
-            raise Failure(f"virsh migrate failed: {err.strip()}")
+        self.finish_migrate(mig)
 
     def resume(self):
         port = free_port()
@@ -855,12 +856,8 @@ def run_all(args, emulators, scenarios, state):
         say("=== QEMU as root")
         run.start_hosts(unpriv=False)
         for ename, emulator in emulators.items():
-            for s in scenarios:
-                say(f"--- root {ename}: {s}")
-                t = time.monotonic()
-                run.scenario(s, emulator, unpriv=False)
-                results.append(("pass", f"root {ename} {s}",
-                                time.monotonic() - t))
+            run_scenarios(run, results, scenarios, f"root {ename}", emulator,
+                          unpriv=False)
         run.stop_hosts()
 
     if args.only == "root":
@@ -899,14 +896,18 @@ def run_all(args, emulators, scenarios, state):
                             "/dev/userfaultfd"], check=True)
         results.append(("xfail", f"unpriv {ename} without the ACL refused "
                         "(Postcopy is not supported)", time.monotonic() - t))
-        for s in scenarios:
-            say(f"--- unpriv {ename}: {s}")
-            t = time.monotonic()
-            run.scenario(s, emulator, unpriv=True)
-            results.append(("pass", f"unpriv {ename} {s}",
-                            time.monotonic() - t))
+        run_scenarios(run, results, scenarios, f"unpriv {ename}", emulator,
+                      unpriv=True)
     run.stop_hosts()
     return 0
+
+
+def run_scenarios(run, results, scenarios, label, emulator, unpriv):
+    for s in scenarios:
+        say(f"--- {label}: {s}")
+        t = time.monotonic()
+        run.scenario(s, emulator, unpriv=unpriv)
+        results.append(("pass", f"{label} {s}", time.monotonic() - t))
 
 
 def dump_logs(run):

@@ -118,10 +118,7 @@ class Relay:
                     time.sleep(ahead)
         except OSError:
             pass
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        self._pass_end(dst)
 
     def _hold(self, src, dst):
         """Swallow what @src sends; pass on only its end."""
@@ -130,6 +127,10 @@ class Relay:
                 pass
         except OSError:
             pass
+        self._pass_end(dst)
+
+    @staticmethod
+    def _pass_end(dst):
         try:
             dst.shutdown(socket.SHUT_WR)
         except OSError:
