@@ -379,9 +379,14 @@ def write_docs(data, outdir):
         "prints a histogram in powers of two of microseconds each second. "
         "A quantile is the upper bound of its bucket, so it moves in "
         "factors of two. The guest cannot tell a page fault from another "
-        "access: most accesses find their page in place, so p50 and p99 "
-        "show the guest's ordinary speed and the waits for pages are in "
-        "the tail (p99.9, worst, the stalls).",
+        "access, and a quantile counts accesses, not time: a guest whose "
+        "faults are answered in a fraction of a millisecond runs on into "
+        "memory that has not arrived yet and faults on a larger share of "
+        "its accesses than one that waits tens of milliseconds a fault "
+        "while the background copy fills its memory. So p99 can show a "
+        "fast fault's round trip where the slower side shows ordinary "
+        "speed; read the quantiles with the number of accesses (the "
+        "guest's progress), the worst access, the stalls and blocktime.",
         f"- A stall is an access of {demo.STALL_US} us or more. The guest "
         "sees some of those without any migration (the gray line in the "
         "picture: the seconds before each migration); `scripts/demo.py` prints "
