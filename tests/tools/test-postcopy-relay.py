@@ -27,6 +27,12 @@ destination sends, so both sides stay in postcopy-recover waiting for each
 other; the test then cuts that relay (a link lost while recovering) or runs
 migrate-pause on the destination.  Both must go back to postcopy-paused and a
 second recovery must complete the migration.
+--fail-recovery preempt (with --preempt): the first recovery's main
+connection gets through but the preempt channel's is refused; both sides
+must go back to postcopy-paused as above.
+
+Each form ends by checking that the source holds no socket of the
+migration's once it has completed (none is left behind by a recovery).
 """
 
 import argparse
@@ -67,8 +73,11 @@ class Relay:
     """Forward one connection from a unix socket to another, until cut."""
 
     def __init__(self, listen_path, target_path, hold_back=False,
-                 rate=None):
+                 rate=None, refuse_second=False):
         self.target_path = target_path
+        self.listen_path = listen_path
+        # Let the first connection through, make the next one fail
+        self.refuse_second = refuse_second
         # Bytes a second towards the destination, all channels together
         self.rate = rate
         self.start = time.monotonic()
@@ -76,15 +85,25 @@ class Relay:
         self.hold_back = hold_back
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(listen_path)
-        self.listener.listen(1)
+        # With no backlog a second connect() waits until the first is
+        # accepted, then looks the path up again (see _refuse_second)
+        self.listener.listen(0 if refuse_second else 1)
         self.socks = []
         self.lock = threading.Lock()
         self.cut_done = False
         self.bytes = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
+    def _refuse_second(self):
+        """The first connection is queued, the second waits for room; with
+        the path gone it fails when the first is accepted (ENOENT)."""
+        time.sleep(0.5)
+        os.unlink(self.listen_path)
+
     def _serve(self):
         # One connection, or two with postcopy-preempt
+        if self.refuse_second:
+            self._refuse_second()
         while True:
             try:
                 a, _ = self.listener.accept()
@@ -102,6 +121,9 @@ class Relay:
             threading.Thread(target=self._hold if self.hold_back
                              else self._pipe, args=(b, a),
                              daemon=True).start()
+            if self.refuse_second:
+                self.listener.close()
+                return
 
     def _pipe(self, src, dst, rate=None):
         try:
@@ -260,6 +282,15 @@ def fail_recovery(src, dst, tmp, how):
     dst_path = os.path.join(tmp, "dst-stalled.sock")
     relay_path = os.path.join(tmp, "relay-stalled.sock")
     dst.execute("migrate-recover", uri="unix:" + dst_path)
+    if how == "preempt":
+        relay = Relay(relay_path, dst_path, refuse_second=True)
+        src.execute("migrate", uri="unix:" + relay_path, resume=True)
+        wait_status(src, "source", ("postcopy-paused",), 30)
+        wait_status(dst, "target", ("postcopy-paused",), 30)
+        relay.cut()
+        print("recovery failed by a refused preempt channel: both sides "
+              "paused again")
+        return
     relay = Relay(relay_path, dst_path, hold_back=True)
     src.execute("migrate", uri="unix:" + relay_path, resume=True)
     wait_status(src, "source", ("postcopy-recover",), 30)
@@ -282,10 +313,34 @@ def fail_recovery(src, dst, tmp, how):
     print(f"recovery failed by {how}: both sides paused again")
 
 
+def socket_fds(pid):
+    """The sockets process @pid has open."""
+    fds = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                fds.append(fd)
+        except OSError:
+            pass    # closed meanwhile
+    return len(fds)
+
+
+def check_no_socket_left(pid, before):
+    """Cleanup after completion runs in the source's main loop: allow it a
+    moment, then the migration's sockets must all be closed."""
+    deadline = time.monotonic() + 5
+    while (now := socket_fds(pid)) > before:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the source has {now - before} socket(s) "
+                                 "open after the migration completed")
+        time.sleep(0.1)
+    print("the source holds no socket of the migration's")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cuts", type=int, default=1)
-    ap.add_argument("--fail-recovery", choices=("cut", "pause"))
+    ap.add_argument("--fail-recovery", choices=("cut", "pause", "preempt"))
     ap.add_argument("--preempt", action="store_true",
                     help="postcopy-preempt on both sides")
     ap.add_argument("--release-ram", action="store_true",
@@ -294,6 +349,8 @@ def main():
     ap.add_argument("--hugetlb", action="store_true",
                     help="guest RAM on 2 MiB hugetlbfs pages")
     args = ap.parse_args()
+    if args.fail_recovery == "preempt" and not args.preempt:
+        ap.error("--fail-recovery preempt needs --preempt")
     hugepages = Hugepages(160) if args.hugetlb else None
 
     tmp = tempfile.mkdtemp(prefix="postcopy-relay-")
@@ -334,6 +391,8 @@ def main():
             "downtime-limit": 1})
 
         wait_serial(os.path.join(tmp, "source.serial"))
+        src_pid = dict(procs)["source"].pid
+        src_sockets = socket_fds(src_pid)
         dst_path = os.path.join(tmp, "dst-0.sock")
         dst.execute("migrate-incoming", uri="unix:" + dst_path)
         # Requested pages bypass max-postcopy-bandwidth on the preempt
@@ -404,6 +463,7 @@ def main():
         value = check_guest_ram(dump)
         print(f"completed after {args.cuts} cut(s); guest memory consistent "
               f"(first page holds {value})")
+        check_no_socket_left(src_pid, src_sockets)
         if not args.hugetlb:
             check_ram_advice(dict(procs)["target"].pid)
         for name, p in procs:
