@@ -38,6 +38,7 @@ migration's once it has completed (none is left behind by a recovery).
 import argparse
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -95,15 +96,22 @@ class Relay:
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _refuse_second(self):
-        """The first connection is queued, the second waits for room; with
-        the path gone it fails when the first is accepted (ENOENT)."""
-        time.sleep(0.5)
+        """Once the first connection is queued (the listener polls
+        readable), take the path away: a second connect() made later
+        finds no socket there, and one already waiting for room looks
+        the path up again when the first is accepted (ENOENT either way).
+        Returns False if the relay was cut first."""
+        try:
+            select.select([self.listener], [], [])
+        except (OSError, ValueError):
+            return False
         os.unlink(self.listen_path)
+        return True
 
     def _serve(self):
         # One connection, or two with postcopy-preempt
-        if self.refuse_second:
-            self._refuse_second()
+        if self.refuse_second and not self._refuse_second():
+            return
         while True:
             try:
                 a, _ = self.listener.accept()
@@ -287,6 +295,11 @@ def fail_recovery(src, dst, tmp, how):
         src.execute("migrate", uri="unix:" + relay_path, resume=True)
         wait_status(src, "source", ("postcopy-paused",), 30)
         wait_status(dst, "target", ("postcopy-paused",), 30)
+        with relay.lock:
+            forwarded = len(relay.socks)
+        if forwarded != 2:
+            raise AssertionError("the recovery's main connection did not "
+                                 "reach the destination")
         relay.cut()
         print("recovery failed by a refused preempt channel: both sides "
               "paused again")
@@ -314,15 +327,14 @@ def fail_recovery(src, dst, tmp, how):
 
 
 def socket_fds(pid):
-    """The sockets process @pid has open."""
-    fds = []
+    """How many sockets process @pid has open."""
+    n = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
-                fds.append(fd)
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
         except OSError:
             pass    # closed meanwhile
-    return len(fds)
+    return n
 
 
 def check_no_socket_left(pid, before):
