@@ -42,7 +42,7 @@ fi
 
 say "ninja ${targets[*]}"
 if ! ninja -C "$OBJ" "${targets[@]}" >"$BUILD/build.log" 2>&1; then
-    grep -E 'error:|Error|FAILED' "$BUILD/build.log" | head -n 30 >&2
+    grep -E 'error:|Error|FAILED' "$BUILD/build.log" | sed -n 1,30p >&2
     # Name the patches that touched the files the compiler complained about.
     files=$(grep -oE '[^ :]+\.[ch]:[0-9]+:[0-9]+: error' "$BUILD/build.log" |
             cut -d: -f1 | sed -E "s|^(\.\./)+qemu/||; s|^$TREE/||" | sort -u)

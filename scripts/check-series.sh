@@ -19,7 +19,7 @@ for c in $(git rev-list --reverse "${1:-base}"..HEAD); do
         [ -n "$t" ] && [ -f "$TREE/${t}.c" ] && targets+=("$t")
     done <"$TOP/tests/unit-targets"
     if ! ninja -C "$OBJ" "${targets[@]}" >"$BUILD/check-series.log" 2>&1; then
-        grep -E 'error|FAILED' "$BUILD/check-series.log" | head -n 20 >&2
+        grep -E 'error|FAILED' "$BUILD/check-series.log" | sed -n 1,20p >&2
         die "$(git log -1 --format='%h %s') does not build"
     fi
     say "builds: $(git log -1 --format='%h %s')"

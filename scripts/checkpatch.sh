@@ -15,7 +15,7 @@ while read -r p; do
        ! grep -q '^WARNING' <<<"$out"; then
         continue
     fi
-    echo "$out" | grep -E '^(ERROR|WARNING|#|\+|total)' | head -n 40
+    echo "$out" | grep -E '^(ERROR|WARNING|#|\+|total)' | sed -n 1,40p
     echo "checkpatch: $p is not clean" >&2
     bad=$((bad + 1))
 done <"$TOP/patches/series"

@@ -10,7 +10,7 @@ set -euo pipefail
 [ -d "$TREE/.git" ] || die "no tree to export; run make tree"
 cd "$TREE"
 if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
-    git status --short --untracked-files=no | head -n 20
+    git status --short --untracked-files=no | sed -n 1,20p
     die "$TREE has uncommitted changes; commit them first"
 fi
 

@@ -21,14 +21,14 @@ cd "$dl"
 if ! ls ./*.dsc >/dev/null 2>&1; then
     if ! apt-get source -q --download-only "$BASE_SRC_PKG=$version" >apt-source.log 2>&1; then
         version=$(apt-cache showsrc "$BASE_SRC_PKG" | sed -n 's/^Version: //p' |
-                  grep -F "$BASE_FALLBACK_PREFIX" | sort -V -r | head -n1 || true)
+                  grep -F "$BASE_FALLBACK_PREFIX" | sort -V -r | sed -n 1p || true)
         [ -n "$version" ] || { cat apt-source.log; die "no qemu 7.2 source package in the archive"; }
         fallback=1
         apt-get source -q --download-only "$BASE_SRC_PKG=$version" >apt-source.log 2>&1 ||
             { cat apt-source.log; die "apt-get source $BASE_SRC_PKG=$version failed"; }
     fi
 fi
-dsc=$(ls ./*.dsc | head -n1)
+dsc=$(ls ./*.dsc | sed -n 1p)
 version=$(sed -n 's/^Version: //p' "$dsc")
 [ "$version" = "$BASE_VERSION" ] || fallback=1
 

@@ -33,9 +33,9 @@ for p in "$kernel_pkg" busybox-static; do
 done
 
 rm -rf "$G/kernel" "$G/busybox" "$G/root"
-dpkg-deb -x "$(ls "$G/dl/${kernel_pkg}_"*.deb | head -n1)" "$G/kernel"
-cp "$(ls "$G"/kernel/boot/vmlinuz-* | head -n1)" "$out_kernel"
-dpkg-deb -x "$(ls "$G"/dl/busybox-static_*.deb | head -n1)" "$G/busybox"
+dpkg-deb -x "$(ls "$G/dl/${kernel_pkg}_"*.deb | sed -n 1p)" "$G/kernel"
+cp "$(ls "$G"/kernel/boot/vmlinuz-* | sed -n 1p)" "$out_kernel"
+dpkg-deb -x "$(ls "$G"/dl/busybox-static_*.deb | sed -n 1p)" "$G/busybox"
 
 mkdir -p "$G/root"/{bin,dev,proc,sys}
 cp "$G/busybox/bin/busybox" "$G/root/bin/busybox"

@@ -59,7 +59,7 @@ if [ -d "$TREE/.git" ]; then
         die "$TREE has no 'base' tag; move it away and run make tree again"
     fi
     if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
-        git status --short --untracked-files=no | head -n 20
+        git status --short --untracked-files=no | sed -n 1,20p
         die "$TREE has uncommitted changes; commit them and run 'make export', or discard them (git -C $TREE checkout -- .)"
     fi
     if [ -f "$TREE/.git/rebase-apply/applying" ]; then
@@ -67,7 +67,7 @@ if [ -d "$TREE/.git" ]; then
     fi
     if [ "$(tree_ids)" != "$(series_ids)" ]; then
         if [ "${FORCE:-0}" != 1 ]; then
-            git log --oneline base..HEAD | head -n 20
+            git log --oneline base..HEAD | sed -n 1,20p
             die "the commits in $TREE (above) differ from patches/series; export them first (make export), or regenerate anyway with FORCE=1 (HEAD is then kept on a backup branch)"
         fi
         backup="backup/$(date +%Y%m%d-%H%M%S)"

@@ -55,10 +55,10 @@ fi
 # newest 7.2 revision if it has gone (loudly).
 stock_ver=$(apt-cache madison "$STOCK_PKG" | awk -F'|' '{gsub(/ /,"",$2); print $2}' |
             grep -F -x -e "$BASE_VERSION" -e "$BASE_VERSION+b1" -e "$BASE_VERSION+b2" \
-                 -e "$BASE_VERSION+b3" -e "$BASE_VERSION+b4" | head -n1 || true)
+                 -e "$BASE_VERSION+b3" -e "$BASE_VERSION+b4" | sed -n 1p || true)
 if [ -z "$stock_ver" ]; then
     stock_ver=$(apt-cache madison "$STOCK_PKG" | awk -F'|' '{gsub(/ /,"",$2); print $2}' |
-                grep -F "$BASE_FALLBACK_PREFIX" | head -n1 || true)
+                grep -F "$BASE_FALLBACK_PREFIX" | sed -n 1p || true)
     [ -n "$stock_ver" ] || die "no 7.2 build of $STOCK_PKG in the archive"
     warn "$STOCK_PKG $BASE_VERSION is gone from the archive; using $stock_ver"
 fi
@@ -102,5 +102,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     install_quietly "${missing[@]}"
 fi
 
-"$STOCK_QEMU" --version | head -n1
+"$STOCK_QEMU" --version | sed -n 1p
 touch "$stamp"
