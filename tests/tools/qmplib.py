@@ -10,9 +10,13 @@ class QmpError(RuntimeError):
 
 
 class Qmp:
-    """Connect to a QMP unix socket, waiting up to @timeout seconds."""
+    """Connect to a QMP unix socket, waiting up to @timeout seconds.
 
-    def __init__(self, path, timeout=10.0):
+    With @io_timeout, a read or write that takes longer raises
+    TimeoutError (an OSError) instead of waiting on.
+    """
+
+    def __init__(self, path, timeout=10.0, io_timeout=None):
         self.sock = socket.socket(socket.AF_UNIX)
         deadline = time.monotonic() + timeout
         while True:
@@ -23,6 +27,7 @@ class Qmp:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+        self.sock.settimeout(io_timeout)
         self.f = self.sock.makefile("rw")
         json.loads(self.f.readline())
         self.execute("qmp_capabilities")

@@ -41,8 +41,21 @@ def discard(name, ranges, version=0, name_len=None, terminator=0):
 
 
 ADVISE_NO_RAM = command(3, b"")
+# ADVISE for the pc machine's RAM: 4 KiB pages only, 4 KiB target pages
+ADVISE_RAM = command(3, struct.pack(">QQ", 4096, 4096))
+LISTEN = command(4, b"")
+RUN = command(5, b"")
 
-# name, stream after the header, text the error must contain
+
+def packaged(stream):
+    return command(7, struct.pack(">I", len(stream))) + stream
+
+
+# name, stream after the header, text the error must contain, and for
+# the cases on guest RAM the options that give QEMU some, postcopy-ram on
+WITH_RAM = ["-machine", "pc", "-m", "32M", "-accel", "tcg",
+            "-global", "migration.x-postcopy-ram=on"]
+HOLD_OPEN = 3
 BAD = [
     ("unknown command", command(0x20, b""),
      "unknown migration command 32"),
@@ -77,26 +90,47 @@ BAD = [
      "no RAM block 'nosuch'"),
     ("PING without a return path", command(2, b"\0\0\0\1"),
      "received with no return path"),
-    ("LISTEN before ADVISE", command(4, b""),
+    ("LISTEN before ADVISE", packaged(LISTEN),
      "POSTCOPY_LISTEN: postcopy cannot go from state none to listening"),
     ("RUN before LISTEN", ADVISE_NO_RAM + command(5, b""),
      "POSTCOPY_RUN: postcopy cannot go from state advise to running"),
     ("ADVISE twice", ADVISE_NO_RAM + ADVISE_NO_RAM,
      "POSTCOPY_ADVISE: postcopy cannot go from state advise to advise"),
+    ("DISCARD range past the end of its block",
+     ADVISE_RAM + discard(b"pc.ram", [(32 * 2**20 - 4096, 8192)]),
+     "range 0x1fff000+0x2000 is outside RAM block 'pc.ram'", WITH_RAM),
+    ("DISCARD range far past its block",
+     ADVISE_RAM + discard(b"pc.bios", [(4096, 2**63)]),
+     "is outside RAM block 'pc.bios'", WITH_RAM),
+    ("DISCARD range off the block's pages",
+     ADVISE_RAM + discard(b"pc.ram", [(512, 4096)]),
+     "is not on its 0x1000-byte pages", WITH_RAM),
+    ("DISCARD of an unknown block",
+     ADVISE_RAM + discard(b"nosuch", [(0, 4096)]),
+     "POSTCOPY_RAM_DISCARD: no RAM block 'nosuch'", WITH_RAM),
+    ("LISTEN outside PACKAGED", ADVISE_RAM + LISTEN,
+     "POSTCOPY_LISTEN: not in a PACKAGED command", WITH_RAM),
+    # The listen thread reads the main stream by then: it stays open, as a
+    # socket would, so that the failure is the main thread's
+    ("PACKAGED with LISTEN and no RUN",
+     ADVISE_RAM + packaged(LISTEN + bytes([SECTION_EOF])),
+     "package has POSTCOPY_LISTEN but ends without POSTCOPY_RUN",
+     WITH_RAM, HOLD_OPEN),
 ]
 
 
-def start(tmp, stream):
+def start(tmp, stream, extra=(), hold=0):
     path = os.path.join(tmp, "stream")
     with open(path, "wb") as f:
         f.write(QEVM_HEADER + stream)
     qmp_path = os.path.join(tmp, "qmp.sock")
     if os.path.exists(qmp_path):
         os.unlink(qmp_path)
+    source = f"cat {path}; exec sleep {hold}" if hold else f"cat {path}"
     args = [QEMU, "-machine", "none", "-nodefaults", "-display", "none",
             "-global", "migration.send-configuration=off",
             "-qmp", f"unix:{qmp_path},server=on,wait=off",
-            "-incoming", f"exec:cat {path}"]
+            "-incoming", f"exec:{source}"] + list(extra)
     return subprocess.Popen(args, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True), qmp_path
 
@@ -104,8 +138,8 @@ def start(tmp, stream):
 def main():
     failures = 0
     with tempfile.TemporaryDirectory(prefix="bad-commands-") as tmp:
-        for name, stream, expect in BAD:
-            proc, _ = start(tmp, stream)
+        for name, stream, expect, *extra in BAD:
+            proc, _ = start(tmp, stream, *extra)
             try:
                 _, err = proc.communicate(timeout=30)
             except subprocess.TimeoutExpired:
