@@ -108,6 +108,9 @@ BAD = [
     ("DISCARD of an unknown block",
      ADVISE_RAM + discard(b"nosuch", [(0, 4096)]),
      "POSTCOPY_RAM_DISCARD: no RAM block 'nosuch'", WITH_RAM),
+    ("DISCARD then the end of the stream",
+     ADVISE_RAM + discard(b"pc.ram", [(0, 4096)]) + bytes([SECTION_EOF]),
+     "ended after POSTCOPY_RAM_DISCARD without POSTCOPY_LISTEN", WITH_RAM),
     ("LISTEN outside PACKAGED", ADVISE_RAM + LISTEN,
      "POSTCOPY_LISTEN: not in a PACKAGED command", WITH_RAM),
     # The listen thread reads the main stream by then: it stays open, as a

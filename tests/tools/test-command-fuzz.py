@@ -206,7 +206,7 @@ def run_one(seed, workdir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=600)
+    ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--seed", type=int, default=5000)
     ap.add_argument("--jobs", type=int, default=2)
     opts = ap.parse_args()
