@@ -16,20 +16,10 @@ import sys
 import tempfile
 import time
 
+from migstream import QEVM_HEADER, SECTION_EOF, command
 from qmplib import Qmp
 
 QEMU = os.environ.get("OURS") or sys.exit("OURS is not set")
-
-QEVM_HEADER = struct.pack(">II", 0x5145564D, 3)
-SECTION_COMMAND = 0x08
-SECTION_EOF = 0x00
-
-
-def command(cmd, payload, length=None):
-    """A command section; @length overrides the real payload length."""
-    if length is None:
-        length = len(payload)
-    return bytes([SECTION_COMMAND]) + struct.pack(">HH", cmd, length) + payload
 
 
 def discard(name, ranges, version=0, name_len=None, terminator=0):

@@ -27,14 +27,12 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from migstream import QEVM_HEADER, SECTION_EOF, command
 from qmplib import Qmp, QmpError
 
 QEMU = os.environ.get("OURS") or sys.exit("OURS is not set")
 TOP = os.environ.get("TOP", os.path.join(os.path.dirname(__file__), "..", ".."))
 
-QEVM_HEADER = struct.pack(">II", 0x5145564D, 3)
-SECTION_EOF = 0x00
-SECTION_COMMAND = 0x08
 
 OPEN_RETURN_PATH, PING, ADVISE, LISTEN, RUN, DISCARD, PACKAGED = 1, 2, 3, 4, 5, 6, 7
 ENABLE_COLO, RESUME, RECV_BITMAP = 8, 9, 10
@@ -45,12 +43,6 @@ LOAD_TIMEOUT = 10
 # How a load that did not fail ends: completed, or, after ENABLE_COLO, in
 # COLO's secondary mode (upstream's COLO, as stock 7.2 does it)
 LOAD_ENDED = ("completed", "colo")
-
-
-def command(cmd, payload, length=None):
-    if length is None:
-        length = len(payload)
-    return bytes([SECTION_COMMAND]) + struct.pack(">HH", cmd, length) + payload
 
 
 class StreamMaker:
