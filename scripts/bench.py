@@ -493,7 +493,7 @@ def main():
         signal.signal(sig, signal.default_int_handler)
 
     notes = demo.settle(args)
-    accel_why = demo.detect_accel()[1]
+    accel_why = demo.detect_accel()[1].line()
     stamp = datetime.datetime.now(datetime.timezone.utc)
     outdir = os.path.join(demo.BUILD, "bench", stamp.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(outdir, exist_ok=True)

@@ -32,6 +32,8 @@ import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "tests", "tools"))
+sys.path.insert(0, os.path.join(TOP, "scripts"))
+import hostkind  # noqa: E402
 from qmplib import Qmp  # noqa: E402
 
 BUILD = os.path.join(TOP, "build")
@@ -46,30 +48,20 @@ STALL_US = 256
 
 
 def detect_accel():
-    """The accelerator that runs a stock Linux guest here, and why."""
-    if os.path.exists("/sys/module/kvm_pvm"):
-        return "tcg", ("/dev/kvm is PVM (module kvm_pvm), which does not run "
-                       "a stock Linux guest")
-    if not os.path.exists("/dev/kvm"):
-        return "tcg", "no /dev/kvm"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "tcg", "/dev/kvm is not usable by this user"
-    for mod in ("kvm_intel", "kvm_amd"):
-        if os.path.exists("/sys/module/" + mod):
-            return "kvm", f"/dev/kvm ({mod})"
-    return "tcg", "/dev/kvm has neither kvm_intel nor kvm_amd behind it"
+    """The accelerator that runs a stock Linux guest here, and the host."""
+    host = hostkind.detect()
+    return host.linux_accel, host
 
 
 def settle(args):
     """Fix args.accel and args.smp; returns lines to show the user."""
-    notes = []
-    accel, why = detect_accel()
+    accel, host = detect_accel()
+    notes = [host.line()]
     if args.accel == "auto":
         args.accel = accel
-        notes.append(f"accelerator {accel}: {why}")
     elif args.accel != accel:
-        notes.append(f"accelerator {args.accel} as asked (detected {accel}: "
-                     f"{why})")
+        notes.append(f"accelerator {args.accel} as asked (a Linux guest "
+                     f"would run under {accel} here)")
     if args.smp is None:
         if args.accel == "kvm":
             args.smp = 2
@@ -498,8 +490,8 @@ def add_guest_options(ap):
                     help="vCPUs (default 2 with KVM, 1 under TCG: see "
                     + NOTE + ")")
     ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
-                    help="accelerator (default auto: KVM when /dev/kvm runs "
-                    "a Linux guest, TCG otherwise)")
+                    help="accelerator (default auto: KVM on a hardware KVM "
+                    "host, TCG otherwise; scripts/hostkind.py)")
     ap.add_argument("--workload-mib", type=positive(int), default=1024,
                     help="memory the workload keeps busy (default 1024)")
     ap.add_argument("--order", choices=("random", "seq"), default="random")

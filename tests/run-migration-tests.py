@@ -38,6 +38,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
+import hostkind  # noqa: E402
 PAIRINGS = ("ours-ours", "stock-ours", "ours-stock")
 ARROW = {"ours-ours": "ours->ours", "stock-ours": "stock->ours",
          "ours-stock": "ours->stock"}
@@ -53,16 +55,30 @@ INTEROP_CASES = (
 )
 
 
-def host_condition(name):
-    """Conditions an env-skips entry may name; each detects, never assumes."""
-    if name == "always":
-        return True
-    if name == "kvm_pvm":
-        # The host's /dev/kvm is PVM, not hardware virtualisation.
-        return os.path.isdir("/sys/module/kvm_pvm")
-    if name == "no_kvm":
-        return not os.access("/dev/kvm", os.R_OK | os.W_OK)
-    raise SystemExit(f"env-skips: unknown condition {name!r}")
+# Conditions an env-skips entry may name, each a test of the host's kind
+# (scripts/hostkind.py), which detects and never assumes.
+CONDITIONS = {
+    "always": lambda host: True,
+    "kvm_pvm": lambda host: host.kind == "pvm",
+    "no_kvm": lambda host: host.kind == "none",
+    "hw_kvm": lambda host: host.kind == "kvm",
+}
+
+
+def source_cases(tree):
+    """Every case path migration-test's source can register, on any host.
+
+    The binary lists only what this host offers (dirty_ring needs a KVM
+    dirty ring), so names in env-skips and known-failures are checked
+    against the source instead: a misspelt name is caught everywhere.
+    """
+    path = os.path.join(tree, "tests", "qtest", "migration-test.c")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r"//[^\n]*", " ", text)
+    return set(re.findall(r'qtest_add_(?:data_)?func\s*\(\s*"([^"]+)"',
+                          text))
 
 
 def read_table(path, ncols):
@@ -227,16 +243,30 @@ def main():
         if p not in PAIRINGS:
             raise SystemExit(f"unknown pairing {p}; have {PAIRINGS}")
 
+    host = hostkind.detect()
+    print(host.line(), flush=True)
     known = read_table(args.known_failures, 3)    # pairings case issue
     skips = read_table(args.env_skips, 4)         # pairings case cond reason
     cases = list_cases(args.test, args.ours)
     if not cases:
         raise SystemExit("migration-test listed no cases")
     arch = cases[0].split("/")[1]
+    can_register = {f"/{arch}{c}" for c in source_cases(args.tree)}
     for path, rows in ((args.known_failures, known), (args.env_skips, skips)):
         for lineno, fields in rows:
-            if fields[1] not in cases:
-                raise SystemExit(f"{path}:{lineno}: no case {fields[1]}")
+            if fields[1] not in can_register:
+                raise SystemExit(f"{path}:{lineno}: migration-test has no "
+                                 f"case {fields[1]}")
+    for lineno, fields in skips:
+        if fields[2] not in CONDITIONS:
+            raise SystemExit(f"{args.env_skips}:{lineno}: unknown condition "
+                             f"{fields[2]!r}; have {sorted(CONDITIONS)}")
+    skips = [(n, f) for n, f in skips if CONDITIONS[f[2]](host)]
+    for lineno, fields in known:
+        if fields[1] not in cases:
+            print(f"note: known failure {fields[1]} "
+                  f"({args.known_failures}:{lineno}) is not registered on "
+                  f"this host, so it does not run here", flush=True)
 
     started = time.monotonic()
     shutil.rmtree(args.logdir, ignore_errors=True)
@@ -255,7 +285,7 @@ def main():
                         fnmatch.fnmatchcase(rel, g) for g in INTEROP_CASES):
                     continue
                 skip = [f for _, f in skips if matches(f[0], pairing)
-                        and f[1] == case and host_condition(f[2])]
+                        and f[1] == case]
                 xfail = [f[2] for _, f in known
                          if matches(f[0], pairing) and f[1] == case]
                 if skip:
