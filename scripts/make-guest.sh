@@ -39,7 +39,7 @@ dpkg-deb -x "$(ls "$G"/dl/busybox-static_*.deb | sed -n 1p)" "$G/busybox"
 
 mkdir -p "$G/root"/{bin,dev,proc,sys}
 cp "$G/busybox/bin/busybox" "$G/root/bin/busybox"
-gcc -O2 -static -Wall -Wextra -Werror -o "$G/root/bin/workload" "$TOP/guest/workload.c"
+gcc -O2 -static -pthread -Wall -Wextra -Werror -o "$G/root/bin/workload" "$TOP/guest/workload.c"
 install -m 755 "$TOP/guest/init" "$G/root/init"
 python3 "$TOP/guest/mkinitramfs.py" "$G/root" "$out_initrd.tmp"
 mv "$out_initrd.tmp" "$out_initrd"
