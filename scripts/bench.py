@@ -3,12 +3,18 @@
 
 Runs the migration of scripts/demo.py with ours (build/obj on both sides)
 and with stock (Debian's /usr/bin/qemu-system-x86_64 on both sides) in
-one run, alternating, N repetitions, without and with postcopy-preempt;
-one migration at a time.  Writes build/bench/<time>/results.json and
-latency-cdf.png (the guest's access latency during postcopy, ours against
-stock, from the workload's histograms) and prints the medians and the
-ours/stock ratios.  --update-docs also rewrites docs/benchmarks.md and
+one run, alternating, N repetitions of each mode (MODES: the link, the
+switch, preempt, the workload's size and vCPUs); one migration at a time.
+Writes build/bench/<time>/results.json and latency-cdf.png (the guest's
+access latency during postcopy, ours against stock, from the workload's
+histograms) and prints the medians and the ours/stock ratios per mode.
+--update-docs also rewrites docs/benchmarks.md and
 docs/benchmarks-latency-cdf.png from this run.
+
+The two sides are "ours" and "stock" whatever they run: --stock takes
+another binary (an earlier build, for an A/B of a change), and
+--stock-no-blocktime runs the stock side with postcopy-blocktime off (for
+the cost of blocktime, with --stock set to ours).
 
 A run that fails, that sees corruption, or that never reaches
 postcopy-active is reported and left out of the medians.  Exits non-zero
@@ -39,6 +45,49 @@ PNG = "latency-cdf.png"
 DOC_PNG = "benchmarks-latency-cdf.png"
 IMPLS = ("ours", "stock")
 
+# The modes a run can measure: a name, what it is, and what it changes
+# from the demo's defaults (2 GiB guest, workload 1 GiB random, the link
+# held to 128 MiB/s, the switch after 2 s, one channel).
+MODES = {
+    "128M": ("the link held to 128 MiB/s, one channel, the switch after "
+             "2 s of precopy", {}),
+    "128M-preempt": ("the same with postcopy-preempt", {"preempt": True}),
+    "libvirt": ("Debian 12 libvirt's defaults: one channel (libvirt 9.0 "
+                "cannot enable preempt), max-bandwidth at libvirt's "
+                "maximum, max-postcopy-bandwidth 0; the switch 1 s in "
+                "(virsh migrate-postcopy), so that postcopy carries most "
+                "of the RAM: switched when the first pass ends, as "
+                "--postcopy-after-precopy does, it carried about 100 MiB "
+                "and a few dozen faults here",
+                {"bandwidth": demo.UNLIMITED, "precopy": 1.0}),
+    "libvirt-after-precopy": ("libvirt's defaults, switched when the first "
+                              "pass over RAM ends (virsh migrate "
+                              "--postcopy-after-precopy)",
+                              {"bandwidth": demo.UNLIMITED,
+                               "switch": "first-pass"}),
+    "libvirt-preempt": ("libvirt's unlimited link and 1 s switch with "
+                        "postcopy-preempt (libvirt 10 and later can)",
+                        {"bandwidth": demo.UNLIMITED, "precopy": 1.0,
+                         "preempt": True}),
+    "128M-smp1": ("128M with 1 vCPU", {"smp": 1}),
+    "128M-smp4": ("128M with 4 vCPUs, the workload in 4 threads, each on "
+                  "a quarter of it, all also reading 64 MiB of shared "
+                  "pages (a 3 GiB guest)",
+                  {"smp": 4, "threads": 4, "shared_mib": 64, "ram": "3G"}),
+    "128M-seq": ("128M with the workload sweeping its memory in order",
+                 {"order": "seq"}),
+    "128M-stride": ("128M with the workload touching every 8th page, then "
+                    "the next", {"order": "stride", "stride": 8}),
+    "128M-wl512": ("128M with a workload of 512 MiB",
+                   {"workload_mib": 512}),
+    "128M-wl2048": ("128M with a workload of 2 GiB (a 3 GiB guest)",
+                    {"workload_mib": 2048, "ram": "3G"}),
+}
+DEFAULT_MODES = "128M,128M-preempt,libvirt"
+# What a mode may change, with the option of scripts/demo.py it stands for
+MODE_KEYS = ("ram", "smp", "workload_mib", "order", "stride", "threads",
+             "shared_mib", "bandwidth", "switch", "precopy", "preempt")
+
 # key, label, unit, how to read it from a run's result
 METRICS = [
     ("p50_us", "access latency p50", "us",
@@ -53,9 +102,19 @@ METRICS = [
      lambda r: r["latency_postcopy"]["stall_p50_us"]),
     ("over_1ms", "accesses over 1 ms", "",
      lambda r: r["latency_postcopy"]["over_1ms"]),
+    ("over_1ms_per_1000_requests", "accesses over 1 ms per 1000 pages "
+     "requested", "", lambda r: round(
+         1000 * r["latency_postcopy"]["over_1ms"] / r["pages_requested"], 2)
+     if r.get("pages_requested") else None),
     ("accesses", "accesses", "",
      lambda r: r["latency_postcopy"]["accesses"]),
+    ("accesses_per_s", "accesses per second", "",
+     lambda r: round(r["latency_postcopy"]["accesses"] /
+                     r["latency_postcopy"]["seconds"])
+     if r["latency_postcopy"].get("seconds") else None),
     ("postcopy_s", "postcopy duration", "s", lambda r: r["postcopy_s"]),
+    ("remaining_at_switch_mib", "RAM left at the switch", "MiB",
+     lambda r: r.get("remaining_at_switch_mib")),
     ("total_time_ms", "total time", "ms", lambda r: r["total_time_ms"]),
     ("downtime_ms", "downtime", "ms", lambda r: r["downtime_ms"]),
     ("blocktime_ms", "blocktime", "ms", lambda r: r["blocktime_ms"]),
@@ -177,15 +236,19 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def counted(runs, impl, mode):
+    return [r for r in runs if impl in (None, r["impl"]) and
+            r["mode"] == mode and r["counted"]]
+
+
 def summarize(runs, modes):
     out = {}
-    for preempt in modes:
+    for mode in modes:
         cell = {}
         for key, _, _, get in METRICS:
             row = {}
             for impl in IMPLS:
-                good = [r for r in runs if r["impl"] == impl and
-                        r["preempt"] == preempt and r["counted"]]
+                good = counted(runs, impl, mode)
                 vals = [v for v in (get(r["result"]) for r in good)
                         if v is not None]
                 row[impl] = median(vals)
@@ -194,16 +257,15 @@ def summarize(runs, modes):
             o, s = row["ours"], row["stock"]
             row["ratio"] = round(o / s, 3) if o is not None and s else None
             cell[key] = row
-        out["preempt" if preempt else "no-preempt"] = cell
+        out[mode] = cell
     return out
 
 
-def merged_hist(runs, impl, preempt, which="latency_postcopy"):
+def merged_hist(runs, impl, mode, which="latency_postcopy"):
     """The histograms of the counted runs (impl None: both) added up."""
     hist = [0] * demo.BUCKETS
     for r in runs:
-        if (impl in (None, r["impl"]) and r["preempt"] == preempt and
-                r["counted"]):
+        if impl in (None, r["impl"]) and r["mode"] == mode and r["counted"]:
             for i, c in enumerate(r["result"][which]["histogram_log2_us"]):
                 hist[i] += c
     return hist
@@ -222,24 +284,27 @@ def cdf_points(hist):
     return xs, ys
 
 
-def plot(runs, modes, path, title):
+def plot(runs, modes, names, path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.6),
+    cols = min(len(modes), 3)
+    rows = (len(modes) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.6 * rows),
                              squeeze=False)
-    for ax, preempt in zip(axes[0], modes):
+    for ax in axes.flat[len(modes):]:
+        ax.set_visible(False)
+    for ax, mode in zip(axes.flat, modes):
         for impl, style in zip(IMPLS, ("-", "--")):
-            hist = merged_hist(runs, impl, preempt)
+            hist = merged_hist(runs, impl, mode)
             if not sum(hist):
                 continue
-            n = sum(1 for r in runs if r["impl"] == impl and
-                    r["preempt"] == preempt and r["counted"])
+            n = len(counted(runs, impl, mode))
             ax.step(*cdf_points(hist), style, where="post", linewidth=2,
-                    label=f"{impl}, postcopy ({n} runs, {sum(hist)} "
+                    label=f"{names[impl]}, postcopy ({n} runs, {sum(hist)} "
                     "accesses)")
-        base = merged_hist(runs, None, preempt, "latency_baseline")
+        base = merged_hist(runs, None, mode, "latency_baseline")
         if sum(base):
             ax.step(*cdf_points(base), ":", where="post", color="gray",
                     label="both, before the migration")
@@ -247,12 +312,12 @@ def plot(runs, modes, path, title):
         ax.set_yscale("logit")
         ax.set_xlabel("access time (us, log2 buckets)")
         ax.set_ylabel("fraction of accesses at most this long")
-        ax.set_title("postcopy-preempt " + ("on" if preempt else "off"))
+        ax.set_title(mode)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -266,20 +331,55 @@ def fmt(v, unit=""):
     return f"{v} {unit}".strip()
 
 
-def print_table(summary):
+def label_of(key):
+    for k, label, unit, _ in METRICS:
+        if k == key:
+            return label + (f" ({unit})" if unit else "")
+    return key
+
+
+def print_table(summary, names):
     for mode, cell in summary.items():
-        print(f"\n{mode}: medians ({cell['total_time_ms']['n_ours']} ours, "
-              f"{cell['total_time_ms']['n_stock']} stock runs counted)")
-        print(f"  {'':50} {'ours':>12} {'stock':>12} {'ours/stock':>10}")
-        for key, label, unit, _ in METRICS:
+        print(f"\n{mode}: medians ({cell['total_time_ms']['n_ours']} "
+              f"{names['ours']}, {cell['total_time_ms']['n_stock']} "
+              f"{names['stock']} runs counted)")
+        print(f"  {'':54} {names['ours']:>12} {names['stock']:>12} "
+              f"{'ratio':>8}")
+        for key, _, _, _ in METRICS:
             row = cell[key]
-            print(f"  {label + (' (' + unit + ')' if unit else ''):50} "
-                  f"{fmt(row['ours']):>12} {fmt(row['stock']):>12} "
-                  f"{fmt(row['ratio']):>10}")
+            print(f"  {label_of(key):54} {fmt(row['ours']):>12} "
+                  f"{fmt(row['stock']):>12} {fmt(row['ratio']):>8}")
+
+
+def mode_settings(name, base):
+    """The demo options a mode runs with: @base's, then its own."""
+    settings = {k: base[k] for k in MODE_KEYS if k in base}
+    settings.update({"switch": base.get("switch", "time"),
+                     "preempt": False})
+    settings.update(MODES[name][1])
+    return settings
+
+
+def describe_mode(st):
+    link = ("unlimited (libvirt's maximum)" if st["bandwidth"] ==
+            demo.UNLIMITED else f"{st['bandwidth']} MiB/s")
+    switch = ("when the first pass ends" if st["switch"] == "first-pass"
+              else f"after {st['precopy']} s")
+    threads = st.get("threads", 1)
+    work = (f"workload {st['workload_mib']} MiB {st['order']}"
+            + (f" (every {st.get('stride', 8)}th page)"
+               if st["order"] == "stride" else "")
+            + (f" in {threads} threads" if threads > 1 else "")
+            + (f", {st['shared_mib']} MiB shared" if st.get("shared_mib")
+               else ""))
+    return (f"{st['ram']} guest, {demo.vcpus(st['smp'])}, {work}, link "
+            f"{link}, switch {switch}, postcopy-preempt "
+            f"{'on' if st['preempt'] else 'off'}")
 
 
 def write_docs(data, outdir):
     m, b, c = data["machine"], data["binaries"], data["config"]
+    names = c["names"]
     lines = [
         "# Benchmarks: ours against stock QEMU 7.2",
         "",
@@ -300,13 +400,17 @@ def write_docs(data, outdir):
         f"- load average (5 min) {m['loadavg_start']:.2f} at the start, "
         f"{m['loadavg_end']:.2f} at the end of the run",
         f"- accelerator: {m['accel']} ({m['accel_why']})",
-        f"- ours: `{rel(b['ours']['path'])}` built {b['ours']['built']} from "
+        f"- {names['ours']}: `{rel(b['ours']['path'])}` built "
+        f"{b['ours']['built']} from "
         f"`build/qemu` at {b['ours']['tree_head']} (base + "
         f"{b['ours']['tree_patches']} patches"
         + (", with local changes in the tree" if
            b["ours"]["tree_had_local_changes"] else "")
         + f"), project commit {b['ours']['project_commit']}",
-        f"- stock: `{b['stock']['path']}`, {b['stock']['version']}",
+        f"- {names['stock']}: `{rel(b['stock']['path'])}`, "
+        f"{b['stock']['version']}"
+        + (", postcopy-blocktime off" if c.get("stock_no_blocktime")
+           else ""),
     ]
     if data.get("ours_changed_during_run"):
         lines.append("- **the ours binary was rebuilt during the run**; "
@@ -315,52 +419,55 @@ def write_docs(data, outdir):
         "",
         "## What ran",
         "",
-        f"- The demo's migration (`scripts/demo.py`): a {c['ram']} guest "
-        f"with {demo.vcpus(c['smp'])}, the workload keeping "
-        f"{c['workload_mib']} "
-        f"MiB busy in {c['order']} order (half the accesses rewrite the "
-        f"page), {c['baseline']} s of undisturbed running, then a migration "
-        f"over TCP on loopback at {c['bandwidth']} MiB/s (precopy and "
-        f"postcopy), switched to postcopy after {c['precopy']} s, "
-        "postcopy-blocktime on.",
-        f"- {c['reps']} repetition(s) of "
-        + " and ".join("postcopy-preempt " + ("on" if p else "off")
-                       for p in c["modes"])
-        + ", each with ours and stock one after the other (which goes "
-        "first alternates), one migration at a time: "
+        "The demo's migration (`scripts/demo.py`) over TCP on loopback: the "
+        "guest's workload keeps its memory busy (half the accesses rewrite "
+        f"the page), runs {c['baseline']} s undisturbed, then migrates, "
+        "postcopy-blocktime on"
+        + (f" (off for {names['stock']})" if c.get("stock_no_blocktime")
+           else "") + ". The modes:",
+        "",
+    ]
+    for mode in c["modes"]:
+        lines.append(f"- **{mode}**: {MODES.get(mode, ('', {}))[0]}; "
+                     f"{describe_mode(c['mode_settings'][mode])}.")
+    lines += [
+        "",
+        f"{c['reps']} repetition(s) of each mode, each with "
+        f"{names['ours']} and {names['stock']} one after the other (which "
+        "goes first alternates), one migration at a time: "
         f"{len(data['runs'])} migrations.",
+        "",
     ]
     left = [r for r in data["runs"] if not r["counted"]]
     if left:
-        lines.append("- Left out of the medians:")
+        lines.append("Left out of the medians:")
+        lines.append("")
         for r in left:
-            lines.append(f"  - {r['impl']}, preempt "
-                         f"{'on' if r['preempt'] else 'off'}, repetition "
+            lines.append(f"- {names[r['impl']]}, {r['mode']}, repetition "
                          f"{r['rep'] + 1}: {r['verdict']}")
     else:
-        lines.append("- Every migration reached postcopy-active, completed, "
+        lines.append("Every migration reached postcopy-active, completed, "
                      "and the guest ran on with no CORRUPTION line.")
-    if c["smp"] == 1 and c["accel"] == "tcg":
-        lines.append("- 1 vCPU because this is TCG: "
-                     "see `docs/notes/tcg-smp-migration-corruption.md`.")
     lines += ["", "## Results", ""]
     for mode, cell in data["summary"].items():
         n = cell["total_time_ms"]
         lines += [
-            f"### postcopy-preempt {'on' if mode == 'preempt' else 'off'}",
+            f"### {mode}",
             "",
-            f"Medians of {n['n_ours']} (ours) and {n['n_stock']} (stock) "
-            "migrations; latencies are the guest's, during postcopy.",
+            f"Medians of {n['n_ours']} ({names['ours']}) and "
+            f"{n['n_stock']} ({names['stock']}) migrations; latencies are "
+            "the guest's, during postcopy.",
             "",
-            "| | ours | (range) | stock | (range) | ours/stock |",
+            f"| | {names['ours']} | (range) | {names['stock']} | (range) | "
+            f"{names['ours']}/{names['stock']} |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
 
         def span(r):
             return "-" if not r else f"{fmt(r[0])}–{fmt(r[1])}"
-        for key, label, unit, _ in METRICS:
+        for key, _, _, _ in METRICS:
             row = cell[key]
-            lines.append(f"| {label}{' (' + unit + ')' if unit else ''} | "
+            lines.append(f"| {label_of(key)} | "
                          f"{fmt(row['ours'])} | {span(row['range_ours'])} | "
                          f"{fmt(row['stock'])} | {span(row['range_stock'])} "
                          f"| {fmt(row['ratio'])} |")
@@ -369,67 +476,38 @@ def write_docs(data, outdir):
         overlap = sum(1 for r in both
                       if r["range_ours"][0] <= r["range_stock"][1] and
                       r["range_stock"][0] <= r["range_ours"][1])
-        lines += ["", f"Ours' and stock's ranges overlap in {overlap} of "
+        lines += ["", f"The two sides' ranges overlap in {overlap} of "
                   f"these {len(both)} rows.", ""]
     lines += [
-        f"![access latency during postcopy, ours against stock]({DOC_PNG})",
+        f"![access latency during postcopy, {names['ours']} against "
+        f"{names['stock']}]({DOC_PNG})",
         "",
         "### Every migration",
         "",
-        "| # | binaries | preempt | postcopy (s) | total (ms) | downtime "
-        "(ms) | blocktime (ms) | requested | p99.9 (us) | worst (us) | "
-        "over 1 ms | counted |",
+        "| # | side | mode | postcopy (s) | total (ms) | downtime "
+        "(ms) | blocktime (ms) | requested | fault mean (us) | p99.9 (us) | "
+        "worst (us) | over 1 ms | counted |",
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | --- |",
+        "| ---: | ---: | --- |",
     ]
     for i, r in enumerate(data["runs"], 1):
         res = r["result"]
         lat = res.get("latency_postcopy", {})
         lines.append(
-            f"| {i} | {r['impl']} | {'on' if r['preempt'] else 'off'} | "
+            f"| {i} | {names[r['impl']]} | {r['mode']} | "
             f"{fmt(res.get('postcopy_s'))} | {fmt(res.get('total_time_ms'))} "
             f"| {fmt(res.get('downtime_ms'))} | "
             f"{fmt(res.get('blocktime_ms'))} | "
             f"{fmt(res.get('pages_requested'))} | "
+            f"{fmt(fault_mean_us(res))} | "
             f"{fmt(lat.get('p999_us'))} | {fmt(lat.get('worst_us'))} | "
             f"{fmt(lat.get('over_1ms'))} | "
             f"{'yes' if r['counted'] else 'no'} |")
-    lines += [
-        "",
-        "## How to read it",
-        "",
-        "- The latencies are the workload's own (`guest/workload.c`): it "
-        "times every access (check a 4 KiB page, maybe rewrite it) and "
-        "prints a histogram in powers of two of microseconds each second. "
-        "A quantile is the upper bound of its bucket, so it moves in "
-        "factors of two. The guest cannot tell a page fault from another "
-        "access, and a quantile counts accesses, not time: a guest whose "
-        "faults are answered in a fraction of a millisecond runs on into "
-        "memory that has not arrived yet and faults on a larger share of "
-        "its accesses than one that waits tens of milliseconds a fault "
-        "while the background copy fills its memory. So p99 can show a "
-        "fast fault's round trip where the slower side shows ordinary "
-        "speed; read the quantiles with the number of accesses (the "
-        "guest's progress), the worst access, the stalls and blocktime.",
-        f"- A stall is an access of {demo.STALL_US} us or more. The guest "
-        "sees some of those without any migration (the gray line in the "
-        "picture: the seconds before each migration); `scripts/demo.py` prints "
-        "the same for comparison.",
-        "- Postcopy duration: from `migrate-start-postcopy` to "
-        "`completed`, as the script saw it (polling every 0.2 s). Total "
-        "time and downtime are the source's `query-migrate`; blocktime "
-        "the destination's `postcopy-blocktime`. Blocktime per page "
-        "requested divides the two: with one vCPU, about how long the "
-        "guest waited for each page it asked for (faults on a page asked "
-        "for already add to the wait, not to the pages).",
-        "- A ratio below 1 means ours took less (time, waits) than stock; "
-        "for the number of accesses, more is better.",
-        "- The picture: the fraction of accesses during postcopy that took "
-        "at most a given time, all counted runs together, and in gray the "
-        "same before the migrations began; the y axis stretches both ends, "
-        "so the tail is visible.",
-        "",
-    ]
+    lines += ["", "## How to read it", ""] + HOW_TO_READ
+    notes = c.get("notes")
+    if notes:
+        lines += ["", "## Notes on this run", ""] + notes
+    lines.append("")
     with open(os.path.join(DOCS, "benchmarks.md"), "w") as f:
         f.write("\n".join(lines))
     shutil.copyfile(os.path.join(outdir, PNG), os.path.join(DOCS, DOC_PNG))
@@ -437,11 +515,67 @@ def write_docs(data, outdir):
                     os.path.join(DOCS, "benchmarks.json"))
 
 
+HOW_TO_READ = [
+    "- The access latencies are the workload's own (`guest/workload.c`): "
+    "it times every access (check a 4 KiB page, maybe rewrite it) and "
+    "prints a histogram in powers of two of microseconds each second. "
+    "A quantile is the upper bound of its bucket, so it moves in "
+    "factors of two. The guest cannot tell a page fault from another "
+    "access, and a quantile counts accesses, not time: a guest whose "
+    "faults are answered in a fraction of a millisecond runs on into "
+    "memory that has not arrived yet and faults on a larger share of "
+    "its accesses than one that waits tens of milliseconds a fault "
+    "while the background copy fills its memory. So p99 can show a "
+    "fast fault's round trip where the slower side shows ordinary "
+    "speed; read the quantiles with the guest's progress (accesses per "
+    "second), the worst access, the stalls and blocktime.",
+    f"- A stall is an access of {demo.STALL_US} us or more. The guest "
+    "sees some of those without any migration (the gray line in the "
+    "picture: the seconds before each migration); `scripts/demo.py` "
+    "prints the same for comparison.",
+    "- The fault latency rows come from the destination's query-migrate "
+    "(`postcopy-latency`, `postcopy-latency-dist`, QEMU 10.1's members): "
+    "each fault from its read off the userfaultfd to its page placed; "
+    "quantiles and the worst are bucket upper bounds (powers of two of "
+    "microseconds). Stock 7.2 reports none: its mean row shows blocktime "
+    "per page requested instead, a mean of another kind (with one vCPU, "
+    "about how long the guest waited for each page it asked for).",
+    "- Postcopy duration: from `migrate-start-postcopy` to "
+    "`completed`, as the script saw it (polling every 0.2 s). Total "
+    "time and downtime are the source's `query-migrate`; blocktime "
+    "the destination's `postcopy-blocktime`.",
+    "- A ratio below 1 means the first side took less (time, waits) than "
+    "the second; for accesses and accesses per second, more is better.",
+    "- The picture: the fraction of accesses during postcopy that took "
+    "at most a given time, all counted runs of a mode together, and in "
+    "gray the same before the migrations began; the y axis stretches both "
+    "ends, so the tail is visible.",
+]
+
+
 def plot_run(data, outdir):
     c = data["config"]
-    title = (f"the guest's access times, {c['ram']} guest, "
-             f"{demo.vcpus(c['smp'])}, {c['accel']}\n{data['started']}")
-    plot(data["runs"], c["modes"], os.path.join(outdir, PNG), title)
+    title = (f"the guest's access times, {c['accel']}, "
+             f"{data['started']}")
+    plot(data["runs"], c["modes"], c["names"], os.path.join(outdir, PNG),
+         title)
+
+
+def upgrade_results(data):
+    """Results of a run from before modes (preempt off/on) in today's form."""
+    c = data["config"]
+    if "mode_settings" in c:
+        return
+    names = {False: "128M", True: "128M-preempt"}
+    c["modes"] = [names[p] for p in c["modes"]]
+    c["mode_settings"] = {}
+    for mode in c["modes"]:
+        st = {k: c[k] for k in MODE_KEYS if k in c}
+        st.update({"switch": "time", "preempt": mode.endswith("preempt")})
+        c["mode_settings"][mode] = st
+    c["names"] = {"ours": "ours", "stock": "stock"}
+    for r in data["runs"]:
+        r["mode"] = names[r.pop("preempt")]
 
 
 def docs_from(ap, path):
@@ -453,6 +587,7 @@ def docs_from(ap, path):
     except (ImportError, OSError, ValueError) as e:
         ap.error(f"--docs-from {path}: {e}")
     outdir = os.path.dirname(os.path.abspath(path))
+    upgrade_results(data)
     # The quantiles again from the recorded histograms (so a change of
     # their definition reaches an earlier run's numbers).
     for r in data["runs"]:
@@ -462,7 +597,7 @@ def docs_from(ap, path):
             if lat:
                 lat.update(demo.hist_stats(lat["histogram_log2_us"]))
     data["summary"] = summarize(data["runs"], data["config"]["modes"])
-    print_table(data["summary"])
+    print_table(data["summary"], data["config"]["names"])
     with open(path, "w") as f:
         json.dump(data, f, indent=1)
     plot_run(data, outdir)
@@ -472,18 +607,40 @@ def docs_from(ap, path):
     return 0
 
 
+def mode_list(text):
+    modes = [m for m in text.split(",") if m]
+    for m in modes:
+        if m not in MODES:
+            raise argparse.ArgumentTypeError(
+                f"no mode {m!r}; have {', '.join(MODES)}")
+    if not modes:
+        raise argparse.ArgumentTypeError("no mode given")
+    return modes
+
+
 def parser():
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
-        epilog="make bench BENCH_N=... BENCH_ARGS='...' passes options "
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="modes:\n" + "\n".join(f"  {k:16} {v[0]}" for k, v in
+                                      MODES.items())
+        + "\n\nmake bench BENCH_N=... BENCH_ARGS='...' passes options "
         "through.")
     ap.add_argument("--reps", type=demo.positive(int), default=3,
                     help="repetitions (default 3)")
-    ap.add_argument("--preempt", choices=("both", "off", "on"),
-                    default="both", help="postcopy-preempt off, on, or both "
-                    "(default)")
+    ap.add_argument("--modes", type=mode_list,
+                    default=mode_list(DEFAULT_MODES),
+                    help=f"modes to run, comma-separated (default "
+                    f"{DEFAULT_MODES})")
     ap.add_argument("--ours", default=demo.OURS)
     ap.add_argument("--stock", default=demo.STOCK)
+    ap.add_argument("--names", default="ours,stock",
+                    help="what to call the two sides in the tables "
+                    "(default ours,stock)")
+    ap.add_argument("--stock-no-blocktime", action="store_true",
+                    help="postcopy-blocktime off for the stock side")
+    ap.add_argument("--note", action="append", default=[],
+                    help="a line for the docs' notes on this run")
     ap.add_argument("--update-docs", action="store_true",
                     help="rewrite docs/benchmarks.md and its picture")
     ap.add_argument("--docs-from", metavar="RESULTS_JSON",
@@ -505,8 +662,9 @@ def main():
         ap.error("no matplotlib: make bench installs Debian's "
                  "python3-matplotlib and runs this with /usr/bin/python3 "
                  f"(this is {sys.executable})")
-    args.preempt_modes = {"both": [False, True], "off": [False],
-                          "on": [True]}[args.preempt]
+    names = dict(zip(IMPLS, args.names.split(",")))
+    if len(names) != 2 or len(args.names.split(",")) != 2:
+        ap.error("--names takes two names, comma-separated")
     args.precopy_only = False
     args.flip = 0
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -520,34 +678,42 @@ def main():
     workdir = os.path.join(outdir, "work")
     for note in notes:
         print("bench: " + note)
+    base = {k: getattr(args, k) for k in MODE_KEYS if hasattr(args, k)}
+    settings = {m: mode_settings(m, base) for m in args.modes}
     data = {
         "started": stamp.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(args, accel_why),
         "binaries": binaries(args),
-        "config": {k: getattr(args, k) for k in (
-            "ram", "smp", "accel", "workload_mib", "order", "precopy",
-            "bandwidth", "baseline", "settle", "reps")},
+        "config": {"accel": args.accel, "baseline": args.baseline,
+                   "settle": args.settle, "reps": args.reps,
+                   "modes": args.modes, "mode_settings": settings,
+                   "names": names,
+                   "stock_no_blocktime": args.stock_no_blocktime,
+                   "notes": args.note},
         "runs": [],
     }
-    data["config"]["modes"] = args.preempt_modes
     ours_id = file_id(args.ours)
 
     plan = []
     for rep in range(args.reps):
-        for preempt in args.preempt_modes:
-            order = IMPLS if (rep + preempt) % 2 == 0 else IMPLS[::-1]
-            plan += [(rep, preempt, impl) for impl in order]
+        for k, mode in enumerate(args.modes):
+            order = IMPLS if (rep + k) % 2 == 0 else IMPLS[::-1]
+            plan += [(rep, mode, impl) for impl in order]
     print(f"bench: {len(plan)} migrations, results in {outdir}")
+    for mode in args.modes:
+        print(f"bench: {mode}: {describe_mode(settings[mode])}")
     bad = 0
     try:
-        for i, (rep, preempt, impl) in enumerate(plan, 1):
+        for i, (rep, mode, impl) in enumerate(plan, 1):
             binary = args.ours if impl == "ours" else args.stock
             if impl == "ours" and file_id(args.ours) != ours_id:
                 if not data.get("ours_changed_during_run"):
                     print("bench: WARNING: the ours binary changed during "
                           "the run (rebuilt); noted in the results")
                 data["ours_changed_during_run"] = True
-            args.preempt = preempt
+            for k, v in settings[mode].items():
+                setattr(args, k, v)
+            args.blocktime = not (impl == "stock" and args.stock_no_blocktime)
             shutil.rmtree(workdir, ignore_errors=True)
             os.makedirs(workdir)
             res = demo.run_migration(args, workdir, binary, binary,
@@ -559,17 +725,17 @@ def main():
                 os.rename(workdir, kept)
                 demo_verdict = f"{verdict} (logs: {kept})"
             lat = res.get("latency_postcopy", {})
-            print(f"[{i}/{len(plan)}] {impl:5} preempt "
-                  f"{'on ' if preempt else 'off'} rep {rep + 1}: "
+            print(f"[{i}/{len(plan)}] {names[impl]:8} {mode:16} rep "
+                  f"{rep + 1}: "
                   + (f"postcopy {res['postcopy_s']} s, total "
-                     f"{res['total_time_ms']} ms, downtime "
-                     f"{res['downtime_ms']} ms, blocktime "
+                     f"{res['total_time_ms']} ms, blocktime "
                      f"{res['blocktime_ms']} ms, requested "
-                     f"{res['pages_requested']}, p99.9 {lat.get('p999_us')} "
-                     f"us, worst {lat.get('worst_us')} us, over 1 ms "
+                     f"{res['pages_requested']}, fault mean "
+                     f"{fault_mean_us(res)} us, worst access "
+                     f"{lat.get('worst_us')} us, over 1 ms "
                      f"{lat.get('over_1ms')}" if "error" not in res else "")
                   + f" -> {demo_verdict or 'counted'}", flush=True)
-            data["runs"].append({"rep": rep, "preempt": preempt,
+            data["runs"].append({"rep": rep, "mode": mode,
                                  "impl": impl, "binary": binary,
                                  "counted": verdict is None,
                                  "verdict": verdict or "counted",
@@ -583,8 +749,8 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
 
     data["machine"]["loadavg_end"] = os.getloadavg()[1]
-    data["summary"] = summarize(data["runs"], args.preempt_modes)
-    print_table(data["summary"])
+    data["summary"] = summarize(data["runs"], args.modes)
+    print_table(data["summary"], names)
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(data, f, indent=1)
     plot_run(data, outdir)

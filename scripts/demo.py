@@ -42,6 +42,12 @@ OURS = os.path.join(BUILD, "obj", "qemu-system-x86_64")
 STOCK = "/usr/bin/qemu-system-x86_64"
 NOTE = "docs/notes/tcg-smp-migration-corruption.md"
 BUCKETS = 22
+# --bandwidth unlimited: libvirt's maximum, QEMU_DOMAIN_MIG_BANDWIDTH_MAX
+# (INT64_MAX / 1 MiB) MiB/s, in bytes, which libvirt 9.0 sets as
+# max-bandwidth when no bandwidth is given (max-postcopy-bandwidth stays 0,
+# also unlimited).
+UNLIMITED = 0
+LIBVIRT_MAX_BANDWIDTH = ((2 ** 63 - 1) >> 20) << 20
 # An access this slow (us) waited for something: under TCG a plain access
 # (verify and maybe rewrite 4 KiB) takes a few microseconds.
 STALL_US = 256
@@ -63,18 +69,15 @@ def settle(args):
         notes.append(f"accelerator {args.accel} as asked (a Linux guest "
                      f"would run under {accel} here)")
     if args.smp is None:
-        if args.accel == "kvm":
-            args.smp = 2
-        else:
-            args.smp = 1
-            notes.append(
-                "1 vCPU under TCG: with 2 vCPUs, QEMU 7.2 (stock too) swaps "
-                "two pages' contents in about 1 of 4-8 TCG migrations, so a "
-                "CORRUPTION there would say nothing about postcopy; see "
-                f"{NOTE} (--smp 2 overrides)")
-    elif args.smp > 1 and args.accel == "tcg":
-        notes.append(f"WARNING: {args.smp} vCPUs under TCG: a CORRUPTION "
-                     f"may come from QEMU 7.2's TCG, not postcopy ({NOTE})")
+        args.smp = 2
+    stock = [b for b in (getattr(args, "src", None), getattr(args, "dst", None),
+                         getattr(args, "stock", None)) if b == STOCK]
+    if args.accel == "tcg" and stock:
+        notes.append("stock QEMU 7.2 under TCG loses guest writes in "
+                     "migration (a dirty bitmap sync leaves TCG's TLB "
+                     "unaware), with any number of vCPUs: a CORRUPTION "
+                     f"with stock may be that ({NOTE}); the series' first "
+                     "patch fixes it in ours")
     return notes
 
 
@@ -232,7 +235,10 @@ class Migration:
         qmp = os.path.join(self.workdir, name + ".qmp")
         serial = os.path.join(self.workdir, name + ".serial")
         append = (f"console=ttyS0 panic=-1 quiet {a.kernel_args} "
-                  f"wl.mib={a.workload_mib} wl.order={a.order}")
+                  f"wl.mib={a.workload_mib} wl.order={a.order} "
+                  f"wl.stride={getattr(a, 'stride', 8)} "
+                  f"wl.threads={getattr(a, 'threads', 1)} "
+                  f"wl.shared={getattr(a, 'shared_mib', 0)}")
         if a.flip:
             append += f" wl.flip={a.flip}"
         accel = a.accel
@@ -246,6 +252,12 @@ class Migration:
                "-qmp", f"unix:{qmp},server=on,wait=off"] + extra
         if a.accel == "kvm":
             cmd += ["-cpu", "host"]
+        if getattr(a, "trace", None):
+            os.makedirs(a.trace_dir, exist_ok=True)
+            cmd += ["-msg", "timestamp=on",
+                    "-D", os.path.join(a.trace_dir, name + ".trace")]
+            for event in a.trace.split(","):
+                cmd += ["-trace", "enable=" + event]
         with open(os.path.join(self.workdir, name + ".log"), "w") as log:
             # A session of its own: Ctrl-C reaches this script, which stops
             # QEMU itself; the death signal covers this script being killed.
@@ -301,6 +313,15 @@ def wait_ready(m, serial, deadline_s):
     return serial.find("WL ready")[0]
 
 
+def switch_due(args, elapsed, ram):
+    """Whether to send migrate-start-postcopy now."""
+    if args.switch == "first-pass":
+        # As libvirt's --postcopy-after-precopy: once the first pass over
+        # RAM has ended, i.e. the second dirty bitmap sync has happened.
+        return ram.get("dirty-sync-count", 0) >= 2
+    return elapsed >= args.precopy
+
+
 def watch(src, src_serial, dst_serial, args, t0, progress):
     """Poll until completion, switching to postcopy on time.
 
@@ -326,7 +347,7 @@ def watch(src, src_serial, dst_serial, args, t0, progress):
             t_done = now
             break
         if (t_switch is None and not args.precopy_only and
-                now - t0 >= args.precopy):
+                switch_due(args, now - t0, ram)):
             remaining_at_switch = ram.get("remaining", 0) >> 20
             src.execute("migrate-start-postcopy")
             t_switch = now
@@ -364,13 +385,19 @@ def run_migration(args, workdir, src_bin, dst_bin, progress=True):
         dst, dst_serial = m.start("destination", dst_bin,
                                   ["-incoming", "defer"])
         dst.execute("migrate-set-capabilities", capabilities=caps + [
-            {"capability": "postcopy-blocktime", "state": True}])
+            {"capability": "postcopy-blocktime", "state": args.blocktime}])
         src.execute("migrate-set-capabilities", capabilities=caps)
         # The link: without a limit loopback copies faster than the guest
         # writes, precopy alone would finish and postcopy would be short.
-        rate = args.bandwidth << 20
-        src.execute("migrate-set-parameters", **{
-            "max-bandwidth": rate, "max-postcopy-bandwidth": rate})
+        # Unlimited is what Debian 12's libvirt sets unless told otherwise.
+        if args.bandwidth == UNLIMITED:
+            src.execute("migrate-set-parameters", **{
+                "max-bandwidth": LIBVIRT_MAX_BANDWIDTH,
+                "max-postcopy-bandwidth": 0})
+        else:
+            rate = args.bandwidth << 20
+            src.execute("migrate-set-parameters", **{
+                "max-bandwidth": rate, "max-postcopy-bandwidth": rate})
         dst.execute("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
         # The guest's latency before any migration, for comparison.
         until = time.monotonic() + args.baseline
@@ -440,6 +467,18 @@ def run_migration(args, workdir, src_bin, dst_bin, progress=True):
         return res
     finally:
         m.stop()
+
+
+def describe_link(args):
+    """The link and the switch, in words."""
+    link = ("link unlimited (libvirt's maximum max-bandwidth)"
+            if args.bandwidth == UNLIMITED else
+            f"link {args.bandwidth} MiB/s")
+    if args.precopy_only:
+        return link + "; no postcopy (--precopy-only)"
+    if args.switch == "first-pass":
+        return link + "; switch when the first pass ends"
+    return link + f"; switch after {args.precopy}s of precopy"
 
 
 def print_summary(res):
@@ -518,6 +557,12 @@ def positive(kind):
     return check
 
 
+def bandwidth(text):
+    if text == "unlimited":
+        return UNLIMITED
+    return positive(int)(text)
+
+
 def ram_size(text):
     if not re.fullmatch(r"[1-9]\d*[MG]?", text):
         raise argparse.ArgumentTypeError(
@@ -530,19 +575,37 @@ def add_guest_options(ap):
     ap.add_argument("--ram", type=ram_size, default="2G",
                     help="guest RAM (default 2G)")
     ap.add_argument("--smp", type=positive(int), default=None,
-                    help="vCPUs (default 2 with KVM, 1 under TCG: see "
-                    + NOTE + ")")
+                    help="vCPUs (default 2)")
     ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                     help="accelerator (default auto: KVM on a hardware KVM "
                     "host, TCG otherwise; scripts/hostkind.py)")
     ap.add_argument("--workload-mib", type=positive(int), default=1024,
                     help="memory the workload keeps busy (default 1024)")
-    ap.add_argument("--order", choices=("random", "seq"), default="random")
+    ap.add_argument("--order", choices=("random", "seq", "stride"),
+                    default="random", help="the workload's order: random "
+                    "(default), a sequential sweep, or strided (every "
+                    "--stride-th page, then the next)")
+    ap.add_argument("--stride", type=positive(int), default=8,
+                    help="pages between two accesses in --order stride "
+                    "(default 8)")
+    ap.add_argument("--threads", type=positive(int), default=1,
+                    help="workload threads, each on its own slice of "
+                    "--workload-mib (default 1)")
+    ap.add_argument("--shared-mib", type=int, default=0,
+                    help="MiB of pages every thread also reads (default 0)")
     ap.add_argument("--precopy", type=positive(float), default=2.0,
                     help="seconds of precopy before the switch (default 2)")
-    ap.add_argument("--bandwidth", type=positive(int), default=128,
+    ap.add_argument("--bandwidth", type=bandwidth, default=128,
                     metavar="MiB/s", help="the link's speed, for precopy "
-                    "and postcopy (default 128)")
+                    "and postcopy (default 128), or 'unlimited' as "
+                    "Debian 12's libvirt sets it")
+    ap.add_argument("--switch", choices=("time", "first-pass"),
+                    default="time", help="switch to postcopy after "
+                    "--precopy seconds (default), or when the first pass "
+                    "over RAM ends, as libvirt's --postcopy-after-precopy")
+    ap.add_argument("--no-blocktime", dest="blocktime", action="store_false",
+                    help="postcopy-blocktime off on the destination (no "
+                    "blocktime or fault latency then)")
     ap.add_argument("--kernel-args", default="",
                     help="more guest kernel command line")
     ap.add_argument("--tcg-single", action="store_true",
@@ -573,6 +636,13 @@ def parser():
                     "purpose, SECONDS after it starts (default: about 1 s "
                     "into postcopy); the demo must report CORRUPTION")
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--trace", metavar="EVENTS",
+                    help="trace these events (comma-separated, globs) in "
+                    "both QEMUs, with timestamps, into --trace-dir")
+    ap.add_argument("--trace-dir", default=os.path.join(BUILD, "demo",
+                                                        "trace"),
+                    help="where --trace writes source.trace and "
+                    "destination.trace (default build/demo/trace)")
     return ap
 
 
@@ -608,10 +678,8 @@ def main():
         for note in settle(args):
             print("demo: " + note)
         print(f"demo: {args.ram} guest, {vcpus(args.smp)}, {args.accel}; "
-              f"workload {args.workload_mib} MiB {args.order}; link "
-              f"{args.bandwidth} MiB/s; switch after {args.precopy}s of "
-              + ("precopy" if not args.precopy_only else
-                 "precopy (no: --precopy-only)"))
+              f"workload {args.workload_mib} MiB {args.order}; "
+              + describe_link(args))
         res = run_migration(args, workdir, args.src, args.dst)
         print_summary(res)
         if args.json:
