@@ -27,7 +27,7 @@ DEMO_ARGS ?=
 BENCH_N ?= 3
 BENCH_ARGS ?=
 
-.PHONY: all setup base tree export build checkpatch check-series test check demo bench clean
+.PHONY: all setup base tree export build checkpatch check-series guest test check demo bench clean
 
 all: build
 
@@ -49,6 +49,10 @@ build:
 checkpatch:
 	@bash scripts/checkpatch.sh
 
+# The demo's Linux guest, which the TCG dirty tracking test boots too
+guest: setup
+	@bash scripts/make-guest.sh
+
 check-series:
 	@bash scripts/check-series.sh
 
@@ -64,6 +68,7 @@ test:
 check: tree
 	@$(MAKE) --no-print-directory build
 	@$(MAKE) --no-print-directory checkpatch
+	@$(MAKE) --no-print-directory guest
 	@$(MAKE) --no-print-directory test
 
 demo: setup
