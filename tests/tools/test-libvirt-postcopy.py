@@ -51,7 +51,10 @@ stopped at the start.  Logs stay in build/libvirt/.
 
 Environment: OURS, TREE (the QEMU source tree, for the boot sector),
 STOCK (default /usr/bin/qemu-system-x86_64).  Options: --only
-root|unpriv, --emulators ours,stock, --scenarios switch,after,resume,
+root|unpriv, --emulators ours,stock, --scenarios
+switch,after,resume,switchfail (switchfail: a destination that cannot load
+the devices must leave the domain running on the source; stock 7.2 loses
+it, an expected failure),
 --accel tcg (the default is KVM when /dev/kvm opens).
 Skips (77) when it cannot run here, saying why.
 """
@@ -104,6 +107,10 @@ class Skip(Exception):
 
 class Failure(Exception):
     pass
+
+
+class VmLost(Failure):
+    """A failed switch left the domain running nowhere."""
 
 
 T0 = time.monotonic()
@@ -496,10 +503,10 @@ class Run:
                 kill_pid(pid, "QEMU", grace=3.0)
         self.qemu_pids.clear()
 
-    def start_guest(self, emulator, unpriv):
+    def start_guest(self, emulator, unpriv, xml_emulator=None):
         xml = os.path.join(self.a.root, f"{DOMAIN}.xml")
         with open(xml, "w") as f:
-            f.write(domain_xml(emulator, self.kvm))
+            f.write(domain_xml(xml_emulator or emulator, self.kvm))
         self.a.virsh("define", xml)
         self.a.virsh("start", DOMAIN)
         pid = wait_for("the source QEMU's pid file", self.a.qemu_pid, 10)
@@ -618,6 +625,72 @@ class Run:
             raise Failure(f"virsh migrate --postcopy-resume failed: "
                           f"{err.strip()}")
 
+    def switchfail(self):
+        """The destination cannot load the devices (the source's QEMU has
+        a virtio-rng-pci the destination's lacks): the switch fails, and
+        the domain must run on at the source."""
+        port = free_port()
+        mig = self.virsh_bg(self.a, self.migrate_cmd(port=port))
+        self.wait_precopy(mig)
+        time.sleep(1.0)
+        self.a.virsh("migrate-postcopy", DOMAIN)
+        rc, out, err = self.wait_virsh(mig, 120)
+        say(f"  virsh migrate ended ({rc}): {err.strip()}")
+        if rc == 0:
+            raise Failure("virsh migrate succeeded although the destination "
+                          "cannot load the source's devices")
+
+    def extra_device_emulator(self, emulator):
+        """A wrapper that gives the guest a virtio-rng-pci on host a only:
+        libvirt hands the destination the same XML, emulator included."""
+        path = os.path.join(BASE, "emulator-extra-device.sh")
+        with open(path, "w") as f:
+            f.write(f"""#!/bin/sh
+case "$(hostname) $*" in
+"qpc-host-a "*"-name guest={DOMAIN}"*)
+    exec {shlex.quote(emulator)} "$@" -device virtio-rng-pci ;;
+esac
+exec {shlex.quote(emulator)} "$@"
+""")
+        os.chmod(path, 0o755)
+        return path
+
+    def verify_on_source(self, src_pid, a_off, b_off):
+        """After a failed switch: running on a, nowhere on b."""
+        state = self.a.virsh("domstate", "--reason", DOMAIN,
+                             quiet=True).stdout.strip()
+        if not state.startswith("running"):
+            raise VmLost(f"{DOMAIN} is {state!r} on host a after the "
+                         "failed switch: the VM is lost")
+        if not os.path.exists(f"/proc/{src_pid}") or _zombie(src_pid):
+            raise Failure("the source QEMU is gone")
+        passes = self.a.serial().count(b"B")
+        wait_for("guest progress on host a",
+                 lambda: self.a.serial().count(b"B") > passes + 1, 20)
+        names = self.b.virsh("list", "--name", quiet=True).stdout
+        if DOMAIN in names.split():
+            raise Failure(f"{DOMAIN} runs on host b too")
+        self.a.virsh("suspend", DOMAIN, quiet=True)
+        dump_in = "/var/lib/libvirt/dump/guest.mem"
+        dump = self.a.path(dump_in)
+        os.makedirs(os.path.dirname(dump), exist_ok=True)
+        if os.path.exists(dump):
+            os.unlink(dump)
+        args = {"val": relay.MEM_START,
+                "size": relay.MEM_END - relay.MEM_START, "filename": dump_in}
+        self.a.virsh("qemu-monitor-command", DOMAIN, json.dumps(
+            {"execute": "pmemsave", "arguments": args}), quiet=True)
+        try:
+            value = relay.check_guest_ram(dump)
+        except AssertionError as e:
+            raise Failure(str(e))
+        os.unlink(dump)
+        say(f"  domain {state!r} on a, progressing, memory consistent "
+            f"(first page holds {value}); not on b")
+        self.a.virsh("destroy", DOMAIN, quiet=True)
+        self.a.virsh("undefine", DOMAIN, quiet=True)
+        self.qemu_pids.discard(src_pid)
+
     # --- after each migration --------------------------------------------
 
     def verify(self, src_pid, a_off, b_off, scenario):
@@ -691,9 +764,14 @@ class Run:
         a_off, b_off = self.a.log_offset(), self.b.log_offset()
         self.offsets = {self.a: a_off, self.b: b_off}
         self.emulator, self.unpriv = emulator, unpriv
-        src_pid = self.start_guest(emulator, unpriv)
+        wrapper = (self.extra_device_emulator(emulator)
+                   if name == "switchfail" else None)
+        src_pid = self.start_guest(emulator, unpriv, xml_emulator=wrapper)
         getattr(self, name)()
-        self.verify(src_pid, a_off, b_off, name)
+        if name == "switchfail":
+            self.verify_on_source(src_pid, a_off, b_off)
+        else:
+            self.verify(src_pid, a_off, b_off, name)
 
     def expect_refusal(self, emulator, what):
         """An unprivileged destination that cannot have userfaultfd.
@@ -904,8 +982,22 @@ def run_all(args, emulators, scenarios, state):
 
 def run_scenarios(run, results, scenarios, label, emulator, unpriv):
     for s in scenarios:
-        say(f"--- {label}: {s}")
         t = time.monotonic()
+        if s == "switchfail" and emulator == STOCK:
+            # Stock 7.2 loses the VM there: expected, and must stay so
+            # for the test to mean anything
+            say(f"--- {label}: {s}: expected failure")
+            try:
+                run.scenario(s, emulator, unpriv=unpriv)
+            except VmLost as e:
+                say(f"  as expected: {e}")
+                run.stop_guests()
+                results.append(("xfail", f"{label} {s} (stock loses the "
+                                "VM)", time.monotonic() - t))
+                continue
+            raise Failure(f"{label} {s} passed with stock: the expected "
+                          "failure is gone")
+        say(f"--- {label}: {s}")
         run.scenario(s, emulator, unpriv=unpriv)
         results.append(("pass", f"{label} {s}", time.monotonic() - t))
 
@@ -948,7 +1040,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=("root", "unpriv"))
     ap.add_argument("--emulators", default="stock,ours")
-    ap.add_argument("--scenarios", default="switch,after,resume")
+    ap.add_argument("--scenarios", default="switch,after,resume,switchfail")
     ap.add_argument("--accel", choices=("auto", "tcg"), default="auto",
                     help="auto: KVM when /dev/kvm can be opened")
     args = ap.parse_args()
@@ -956,7 +1048,7 @@ def main():
                  for e in args.emulators.split(",")}
     scenarios = args.scenarios.split(",")
     for s in scenarios:
-        if s not in ("switch", "after", "resume"):
+        if s not in ("switch", "after", "resume", "switchfail"):
             ap.error(f"unknown scenario {s}")
 
     # SIGINT too: a shell without job control starts a background job

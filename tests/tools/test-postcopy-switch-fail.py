@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""A postcopy switch whose destination fails: is the VM still somewhere?
+
+Source ($OURS, or SRC) and destination ($OURS, or DST, e.g. stock 7.2)
+run migration-test's boot sector guest and talk through a relay (see
+test-postcopy-relay.py).  The switch's package carries a PING of value
+0x42 just before RUN; the destination's PONG to it tells the source that
+the device state loaded.  The relay watches the return path for that
+PONG.
+
+  --fail before --how device|kill|cut
+      the destination fails before the source has the PONG: its load of
+      the package fails (the source has a virtio-rng-pci the destination
+      lacks), or the relay holds the PONG back and the test kills the
+      destination or cuts the link.  The source must end in failed with
+      its guest running again: running, progressing, memory consistent.
+  --fail after --how kill|cut
+      the same once the PONG got through and the source is in
+      postcopy-active: the guest is the destination's then, the source
+      must pause (postcopy-paused), never run it again.
+"""
+
+import argparse
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+_spec = importlib.util.spec_from_file_location(
+    "relaytest", os.path.join(HERE, "test-postcopy-relay.py"))
+relaytest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(relaytest)
+from qmplib import Qmp  # noqa: E402
+
+OURS = relaytest.OURS
+SRC, DST = relaytest.SRC, relaytest.DST
+# MIG_RP_MSG_PONG, 4 bytes, 0x42: the package's devices are loaded
+PONG_PACKAGED_LOADED = bytes.fromhex("0002000400000042")
+
+
+class PongRelay(relaytest.Relay):
+    """A relay that sees the destination's PONG(0x42) go by and, with
+    @hold_pong, holds it and all after it back from the source."""
+
+    def __init__(self, listen_path, target_path, hold_pong):
+        self.hold_pong = hold_pong
+        self.pong_seen = threading.Event()
+        super().__init__(listen_path, target_path)
+
+    def _serve(self):
+        while True:
+            try:
+                a, _ = self.listener.accept()
+            except OSError:
+                return
+            b = relaytest.socket.socket(relaytest.socket.AF_UNIX)
+            b.connect(self.target_path)
+            with self.lock:
+                self.socks += [a, b]
+            threading.Thread(target=self._pipe, args=(a, b),
+                             daemon=True).start()
+            threading.Thread(target=self._watch, args=(b, a),
+                             daemon=True).start()
+
+    def _watch(self, src, dst):
+        tail = b""
+        held = False
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                if held:
+                    continue
+                seen = tail + data
+                i = seen.find(PONG_PACKAGED_LOADED)
+                if i >= 0:
+                    self.pong_seen.set()
+                    if self.hold_pong:
+                        # What came before the PONG still goes
+                        dst.sendall(seen[len(tail):i] if i >= len(tail)
+                                    else b"")
+                        held = True
+                        continue
+                dst.sendall(data)
+                tail = seen[-len(PONG_PACKAGED_LOADED):]
+        except OSError:
+            pass
+        # The destination's end (it died) reaches the source, held or not
+        self._pass_end(dst)
+
+
+def serial_passes(path):
+    return open(path, "rb").read().count(b"B") if os.path.exists(path) else 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--fail", choices=("before", "after"), required=True)
+    ap.add_argument("--how", choices=("device", "kill", "cut"),
+                    required=True)
+    a = ap.parse_args()
+    if a.fail == "after" and a.how == "device":
+        ap.error("a device fails to load before the PONG, not after")
+
+    tmp = tempfile.mkdtemp(prefix="switch-fail-")
+    procs = {}
+    try:
+        disk = os.path.join(tmp, "bootsect")
+        relaytest.bootsect(disk)
+
+        def start(binary, name, extra):
+            qmp_path = os.path.join(tmp, f"{name}.qmp")
+            cmd = [binary, "-accel", "kvm", "-accel", "tcg", "-m", "150M",
+                   "-name", name, "-display", "none", "-nodefaults",
+                   "-serial", "file:" + os.path.join(tmp, f"{name}.serial"),
+                   "-drive", f"file={disk},format=raw",
+                   "-qmp", f"unix:{qmp_path},server=on,wait=off"] + extra
+            log = open(os.path.join(tmp, f"{name}.log"), "w")
+            procs[name] = subprocess.Popen(cmd, stdout=log,
+                                           stderr=subprocess.STDOUT)
+            return Qmp(qmp_path)
+
+        extra = ["-device", "virtio-rng-pci"] if a.how == "device" else []
+        src = start(SRC, "source", extra)
+        dst = start(DST, "target", ["-incoming", "defer"])
+        caps = [{"capability": "postcopy-ram", "state": True}]
+        for q in (src, dst):
+            q.execute("migrate-set-capabilities", capabilities=caps)
+        src.execute("migrate-set-parameters", **{
+            "max-bandwidth": 64 << 20, "max-postcopy-bandwidth": 8 << 20,
+            "downtime-limit": 1})
+        relaytest.wait_serial(os.path.join(tmp, "source.serial"))
+        dst_path = os.path.join(tmp, "dst.sock")
+        dst.execute("migrate-incoming", uri="unix:" + dst_path)
+        relay = PongRelay(os.path.join(tmp, "relay.sock"), dst_path,
+                          hold_pong=a.fail == "before" and a.how != "device")
+        src.execute("migrate", uri="unix:" + os.path.join(tmp, "relay.sock"))
+        time.sleep(1.0)
+        src.execute("migrate-start-postcopy")
+
+        if a.fail == "before" and a.how != "device":
+            if not relay.pong_seen.wait(30):
+                raise AssertionError("the destination never answered the "
+                                     "package's PING(0x42)")
+            time.sleep(0.5)
+            st = relaytest.status(src)
+            if st != "device":
+                raise AssertionError(f"the source is {st} with the PONG "
+                                     "held back; expected device")
+        elif a.fail == "after":
+            relaytest.wait_status(src, "source", ("postcopy-active",), 30)
+            time.sleep(1.0)
+        if a.how == "kill":
+            procs["target"].send_signal(signal.SIGKILL)
+        elif a.how == "cut":
+            relay.cut()
+
+        if a.fail == "after":
+            relaytest.wait_status(src, "source", ("postcopy-paused",), 30)
+            run = src.execute("query-status").get("status")
+            if run == "running":
+                raise AssertionError("the source runs the guest again after "
+                                     "the destination had it")
+            print(f"failed after the PONG by {a.how}: the source paused, "
+                  f"its guest {run}")
+            return 0
+
+        info = relaytest.wait_status(src, "source", ("failed",), 30,
+                                     fail=("cancelled", "postcopy-paused",
+                                           "postcopy-active", "completed"))
+        print(f"the source failed: {info.get('error-desc', '')}")
+        deadline = time.monotonic() + 10
+        while src.execute("query-status").get("status") != "running":
+            if time.monotonic() > deadline:
+                raise AssertionError("the source's guest does not run again")
+            time.sleep(0.1)
+        serial = os.path.join(tmp, "source.serial")
+        passes = serial_passes(serial)
+        deadline = time.monotonic() + 10
+        while serial_passes(serial) < passes + 2:
+            if time.monotonic() > deadline:
+                raise AssertionError("the source's guest makes no progress")
+            time.sleep(0.1)
+        src.execute("stop")
+        dump = os.path.join(tmp, "source.mem")
+        src.execute("pmemsave", val=relaytest.MEM_START,
+                    size=relaytest.MEM_END - relaytest.MEM_START,
+                    filename=dump)
+        value = relaytest.check_guest_ram(dump)
+        print(f"failed before the PONG by {a.how}: the guest runs on the "
+              f"source again, memory consistent (first page {value})")
+        return 0
+    except (AssertionError, OSError, relaytest.QmpError) as e:
+        print(f"FAIL: {e}")
+        for name in procs:
+            log = os.path.join(tmp, f"{name}.log")
+            if os.path.exists(log):
+                print(f"--- {name} log:\n" + open(log).read()[-1500:])
+        return 1
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        subprocess.run(["rm", "-rf", tmp])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
