@@ -295,8 +295,15 @@ def fail_recovery(src, dst, tmp, how):
         src.execute("migrate", uri="unix:" + relay_path, resume=True)
         wait_status(src, "source", ("postcopy-paused",), 30)
         wait_status(dst, "target", ("postcopy-paused",), 30)
-        with relay.lock:
-            forwarded = len(relay.socks)
+        # The source may pause before the relay has forwarded the main
+        # connection it opened first (the destination is paused all along)
+        deadline = time.monotonic() + 10
+        while True:
+            with relay.lock:
+                forwarded = len(relay.socks)
+            if forwarded == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         if forwarded != 2:
             raise AssertionError("the recovery's main connection did not "
                                  "reach the destination")
