@@ -208,7 +208,9 @@ def run_own_tests(args, tmpdir):
         elif rc is None:
             status, why = "fail", f"timed out after {args.own_timeout}s"
         else:
-            status, why = "fail", " | ".join(lines[-3:])[:300]
+            # A test's own verdict says more than the QEMU log it dumps
+            verdict = [ln for ln in lines if ln.startswith("FAIL")]
+            status, why = "fail", " | ".join(verdict[:1] or lines[-3:])[:300]
         out.append((name, status, why, secs, log))
     return out
 

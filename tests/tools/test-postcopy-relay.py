@@ -414,9 +414,10 @@ def main():
         src_sockets = socket_fds(src_pid)
         dst_path = os.path.join(tmp, "dst-0.sock")
         dst.execute("migrate-incoming", uri="unix:" + dst_path)
-        # Requested pages bypass max-postcopy-bandwidth on the preempt
-        # channel (as they must); the link itself is slow then.
-        rate = (24 << 20) if args.preempt else None
+        # Requested pages bypass max-postcopy-bandwidth (as they must);
+        # where they are many (a separate channel, or 2 MiB pages that the
+        # guest faults one after another) the link itself is slow.
+        rate = (24 << 20) if args.preempt or args.hugetlb else None
         relay = Relay(os.path.join(tmp, "relay-0.sock"), dst_path, rate=rate)
         src.execute("migrate", uri="unix:" + os.path.join(tmp, "relay-0.sock"))
         time.sleep(1.0)
