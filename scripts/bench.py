@@ -70,6 +70,14 @@ MODES = {
                         {"bandwidth": demo.UNLIMITED, "precopy": 1.0,
                          "preempt": True}),
     "128M-smp1": ("128M with 1 vCPU", {"smp": 1}),
+    "128M-preempt-smp1": ("128M-preempt with 1 vCPU",
+                          {"smp": 1, "preempt": True}),
+    "libvirt-smp1": ("libvirt with 1 vCPU",
+                     {"bandwidth": demo.UNLIMITED, "precopy": 1.0,
+                      "smp": 1}),
+    "libvirt-preempt-smp1": ("libvirt-preempt with 1 vCPU",
+                             {"bandwidth": demo.UNLIMITED, "precopy": 1.0,
+                              "preempt": True, "smp": 1}),
     "128M-smp4": ("128M with 4 vCPUs, the workload in 4 threads, each on "
                   "a quarter of it, all also reading 64 MiB of shared "
                   "pages (a 3 GiB guest)",

@@ -22,7 +22,7 @@ the domain on A be shut off with reason "migrated" (there `virsh
 domjobinfo --completed` is printed: in postcopy only the source gets the
 statistics; then the definition is undefined and must be gone), the guest
 running on B and making progress there, its memory consistent (the check
-of test-postcopy-relay.py, on a pmemsave dump), and the two libvirtd debug
+of bootguest.py, on a pmemsave dump), and the two libvirtd debug
 logs must show the QMP libvirt sent and received: postcopy-ram set on both
 sides, migrate-start-postcopy sent to the source, the destination in
 postcopy-active before it completed (and, in the resume run, postcopy-paused
@@ -60,7 +60,6 @@ Skips (77) when it cannot run here, saying why.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import pwd
@@ -82,12 +81,9 @@ OURS = os.environ.get("OURS") or sys.exit("OURS is not set")
 TREE = os.environ.get("TREE") or sys.exit("TREE is not set")
 STOCK = os.environ.get("STOCK") or "/usr/bin/qemu-system-x86_64"
 
-# The boot sector and the memory check are test-postcopy-relay.py's.
+# The boot sector guest and its memory check
 sys.path.insert(0, HERE)
-_spec = importlib.util.spec_from_file_location(
-    "postcopy_relay", os.path.join(HERE, "test-postcopy-relay.py"))
-relay = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(relay)
+import bootguest  # noqa: E402
 
 DOMAIN = "qpc-guest"
 DOMAIN_UUID = "5b1c0d6e-7a3f-4e0b-9c2d-71a1b2c3d4e5"
@@ -235,7 +231,7 @@ class Host:
         dump = self.path("/var/lib/libvirt/dump")
         os.makedirs(dump)
         os.chmod(dump, 0o1777)        # QEMU writes its pmemsave dump here
-        relay.bootsect(self.path("/var/lib/libvirt/images/bootsect"))
+        bootguest.bootsect(self.path("/var/lib/libvirt/images/bootsect"))
         with open(self.path("/etc/libvirt/libvirtd.conf"), "w") as f:
             f.write(f'''# written by {os.path.basename(__file__)}
 unix_sock_dir = "/run/libvirt"
@@ -676,12 +672,12 @@ exec {shlex.quote(emulator)} "$@"
         os.makedirs(os.path.dirname(dump), exist_ok=True)
         if os.path.exists(dump):
             os.unlink(dump)
-        args = {"val": relay.MEM_START,
-                "size": relay.MEM_END - relay.MEM_START, "filename": dump_in}
+        args = {"val": bootguest.MEM_START,
+                "size": bootguest.MEM_END - bootguest.MEM_START, "filename": dump_in}
         self.a.virsh("qemu-monitor-command", DOMAIN, json.dumps(
             {"execute": "pmemsave", "arguments": args}), quiet=True)
         try:
-            value = relay.check_guest_ram(dump)
+            value = bootguest.check_guest_ram(dump)
         except AssertionError as e:
             raise Failure(str(e))
         os.unlink(dump)
@@ -729,14 +725,14 @@ exec {shlex.quote(emulator)} "$@"
         dump = self.b.path(dump_in)
         if os.path.exists(dump):
             os.unlink(dump)
-        args = {"val": relay.MEM_START,
-                "size": relay.MEM_END - relay.MEM_START, "filename": dump_in}
+        args = {"val": bootguest.MEM_START,
+                "size": bootguest.MEM_END - bootguest.MEM_START, "filename": dump_in}
         self.b.virsh("qemu-monitor-command", DOMAIN, json.dumps(
             {"execute": "pmemsave", "arguments": args}), quiet=True)
         if not os.path.exists(dump):
             raise Failure(f"pmemsave on host b wrote no {dump}")
         try:
-            value = relay.check_guest_ram(dump)
+            value = bootguest.check_guest_ram(dump)
         except AssertionError as e:
             raise Failure(str(e))
         os.unlink(dump)

@@ -9,11 +9,8 @@ source resumes over a second relay (migrate with resume), and the
 migration must complete with the guest running on the destination and
 its memory consistent.
 
-The guest is migration-test's boot sector (taken from the tree): it
-increments the first byte of every 4 KiB page between 1 and 100 MiB, in
-order, over and over.  With the guest stopped, every page holds the same
-value as the page before it, but for one step down (mod 256) where the
-incrementer stood.
+The guest is migration-test's boot sector (bootguest.py), which writes
+its memory in order, over and over: its memory is checked at the end.
 
 Options: --cuts N cuts and recoveries in one migration (default 1; 0 for
 a postcopy without a cut).  --release-ram: that capability on the source
@@ -38,201 +35,14 @@ migration's once it has completed (none is left behind by a recovery).
 import argparse
 import os
 import re
-import select
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-from qmplib import Qmp, QmpError
-
-OURS = os.environ.get("OURS") or sys.exit("OURS is not set")
-TREE = os.environ.get("TREE") or sys.exit("TREE is not set")
-SRC = os.environ.get("SRC", OURS)
-DST = os.environ.get("DST", OURS)
-
-MEM_START = 1 << 20
-MEM_END = 100 << 20
-PAGE = 4096
-
-
-def bootsect(path):
-    """Write migration-test's x86 boot sector, from its C header, to @path."""
-    header = os.path.join(TREE, "tests/migration/i386/a-b-bootblock.h")
-    with open(header) as f:
-        body = f.read().split("{", 1)[1].split("}", 1)[0]
-    data = bytes(int(x, 16) for x in re.findall(r"0x[0-9a-fA-F]{2}", body))
-    if len(data) != 512:
-        sys.exit(f"{header}: expected a 512-byte boot sector, got {len(data)}")
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-class Relay:
-    """Forward one connection from a unix socket to another, until cut."""
-
-    def __init__(self, listen_path, target_path, hold_back=False,
-                 rate=None, refuse_second=False):
-        self.target_path = target_path
-        self.listen_path = listen_path
-        # Let the first connection through, make the next one fail
-        self.refuse_second = refuse_second
-        # Bytes a second towards the destination, all channels together
-        self.rate = rate
-        self.start = time.monotonic()
-        # Forward nothing from the destination to the source
-        self.hold_back = hold_back
-        self.listener = socket.socket(socket.AF_UNIX)
-        self.listener.bind(listen_path)
-        # With no backlog a second connect() waits until the first is
-        # accepted, then looks the path up again (see _refuse_second)
-        self.listener.listen(0 if refuse_second else 1)
-        self.socks = []
-        self.lock = threading.Lock()
-        self.cut_done = False
-        self.bytes = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _refuse_second(self):
-        """Once the first connection is queued (the listener polls
-        readable), take the path away: a second connect() made later
-        finds no socket there, and one already waiting for room looks
-        the path up again when the first is accepted (ENOENT either way).
-        Returns False if the relay was cut first."""
-        try:
-            select.select([self.listener], [], [])
-        except (OSError, ValueError):
-            return False
-        os.unlink(self.listen_path)
-        return True
-
-    def _serve(self):
-        # One connection, or two with postcopy-preempt
-        if self.refuse_second and not self._refuse_second():
-            return
-        while True:
-            try:
-                a, _ = self.listener.accept()
-            except OSError:
-                return
-            b = socket.socket(socket.AF_UNIX)
-            b.connect(self.target_path)
-            with self.lock:
-                self.socks += [a, b]
-                if self.cut_done:
-                    self._shut()
-                    return
-            threading.Thread(target=self._pipe, args=(a, b, self.rate),
-                             daemon=True).start()
-            threading.Thread(target=self._hold if self.hold_back
-                             else self._pipe, args=(b, a),
-                             daemon=True).start()
-            if self.refuse_second:
-                self.listener.close()
-                return
-
-    def _pipe(self, src, dst, rate=None):
-        try:
-            while True:
-                data = src.recv(1 << 16)
-                if not data:
-                    break
-                dst.sendall(data)
-                with self.lock:
-                    self.bytes += len(data)
-                    ahead = self.bytes / rate - (time.monotonic() -
-                                                 self.start) if rate else 0
-                if ahead > 0:
-                    time.sleep(ahead)
-        except OSError:
-            pass
-        self._pass_end(dst)
-
-    def _hold(self, src, dst):
-        """Swallow what @src sends; pass on only its end."""
-        try:
-            while src.recv(1 << 16):
-                pass
-        except OSError:
-            pass
-        self._pass_end(dst)
-
-    @staticmethod
-    def _pass_end(dst):
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def _shut(self):
-        for s in self.socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def cut(self):
-        """Drop both directions at once, as a failed link would."""
-        with self.lock:
-            self.cut_done = True
-            self._shut()
-        self.listener.close()
-
-
-def status(qmp):
-    return qmp.execute("query-migrate").get("status")
-
-
-def wait_status(qmp, name, wanted, timeout, fail=("failed", "cancelled")):
-    deadline = time.monotonic() + timeout
-    while True:
-        info = qmp.execute("query-migrate")
-        st = info.get("status")
-        if st in wanted:
-            return info
-        if st in fail:
-            raise AssertionError(f"{name}: migration {st}: "
-                                 f"{info.get('error-desc', '')}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name}: still {st} after {timeout}s, "
-                                 f"waiting for {'/'.join(wanted)}")
-        time.sleep(0.05)
-
-
-def check_guest_ram(path):
-    """Migration-test's check: one step down at most, where it stood."""
-    with open(path, "rb") as f:
-        mem = f.read()
-    firsts = mem[::PAGE]
-    last = firsts[0]
-    edge = False
-    bad = []
-    for i, b in enumerate(firsts[1:], 1):
-        if b == last:
-            continue
-        if (b + 1) % 256 == last and not edge:
-            edge = True
-            last = b
-            continue
-        bad.append(MEM_START + i * PAGE)
-    if bad:
-        raise AssertionError(
-            f"guest memory inconsistent in {len(bad)} pages, first at "
-            + ", ".join(hex(a) for a in bad[:5]))
-    return firsts[0]
-
-
-def wait_serial(path, timeout=20):
-    """The guest prints B after each pass over its memory."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(path) and b"B" in open(path, "rb").read():
-            return
-        time.sleep(0.05)
-    raise AssertionError("the guest did not start on the source")
+from bootguest import (DST, SRC, Guests, Relay, socket_fds, status,
+                       wait_serial, wait_status)
+from qmplib import QmpError
 
 
 def check_ram_advice(pid):
@@ -333,17 +143,6 @@ def fail_recovery(src, dst, tmp, how):
     print(f"recovery failed by {how}: both sides paused again")
 
 
-def socket_fds(pid):
-    """How many sockets process @pid has open."""
-    n = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass    # closed meanwhile
-    return n
-
-
 def check_no_socket_left(pid, before):
     """Cleanup after completion runs in the source's main loop: allow it a
     moment, then the migration's sockets must all be closed."""
@@ -373,26 +172,16 @@ def main():
     hugepages = Hugepages(160) if args.hugetlb else None
 
     tmp = tempfile.mkdtemp(prefix="postcopy-relay-")
-    procs = []
+    guests = None
     try:
-        disk = os.path.join(tmp, "bootsect")
-        bootsect(disk)
+        guests = Guests(tmp)
 
         def start(binary, name, extra):
-            qmp_path = os.path.join(tmp, f"{name}.qmp")
             if args.hugetlb:
                 extra = ["-object", "memory-backend-memfd,id=ram,size=150M,"
                          "hugetlb=on,hugetlbsize=2M",
                          "-machine", "memory-backend=ram"] + extra
-            cmd = [binary, "-accel", "kvm", "-accel", "tcg", "-m", "150M",
-                   "-name", name, "-display", "none", "-nodefaults",
-                   "-serial", "file:" + os.path.join(tmp, f"{name}.serial"),
-                   "-drive", f"file={disk},format=raw",
-                   "-qmp", f"unix:{qmp_path},server=on,wait=off"] + extra
-            log = open(os.path.join(tmp, f"{name}.log"), "w")
-            procs.append((name, subprocess.Popen(cmd, stdout=log,
-                                                 stderr=subprocess.STDOUT)))
-            return Qmp(qmp_path)
+            return guests.start(binary, name, extra)
 
         src = start(SRC, "source", [])
         dst = start(DST, "target", ["-incoming", "defer"])
@@ -409,8 +198,8 @@ def main():
             "max-bandwidth": 64 << 20, "max-postcopy-bandwidth": 8 << 20,
             "downtime-limit": 1})
 
-        wait_serial(os.path.join(tmp, "source.serial"))
-        src_pid = dict(procs)["source"].pid
+        wait_serial(guests.serial("source"))
+        src_pid = guests.procs["source"].pid
         src_sockets = socket_fds(src_pid)
         dst_path = os.path.join(tmp, "dst-0.sock")
         dst.execute("migrate-incoming", uri="unix:" + dst_path)
@@ -467,40 +256,21 @@ def main():
         if run.get("status") != "running":
             raise AssertionError(f"the guest is {run.get('status')} on the "
                                  "destination, not running")
-        # Running is not enough: it must get on with its passes.
-        serial = os.path.join(tmp, "target.serial")
-        passes = open(serial, "rb").read().count(b"B")
-        deadline = time.monotonic() + 10
-        while open(serial, "rb").read().count(b"B") < passes + 2:
-            if time.monotonic() > deadline:
-                raise AssertionError("the guest makes no progress on the "
-                                     "destination")
-            time.sleep(0.1)
-        dst.execute("stop")
-        dump = os.path.join(tmp, "target.mem")
-        dst.execute("pmemsave", val=MEM_START, size=MEM_END - MEM_START,
-                    filename=dump)
-        value = check_guest_ram(dump)
+        value = guests.check_runs_intact(dst, "target")
         print(f"completed after {args.cuts} cut(s); guest memory consistent "
               f"(first page holds {value})")
         check_no_socket_left(src_pid, src_sockets)
         if not args.hugetlb:
-            check_ram_advice(dict(procs)["target"].pid)
-        for name, p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"{name} QEMU exited ({p.returncode})")
+            check_ram_advice(guests.procs["target"].pid)
+        guests.check_alive()
     except (AssertionError, QmpError, OSError) as e:
         print(f"FAIL: {e}")
-        for name, _ in procs:
-            log = os.path.join(tmp, f"{name}.log")
-            if os.path.exists(log):
-                print(f"--- {name} log:\n" + open(log).read()[-2000:])
+        if guests:
+            print(guests.logs())
         return 1
     finally:
-        for _, p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        if guests:
+            guests.stop_all()
         subprocess.run(["rm", "-rf", tmp])
         if hugepages:
             hugepages.restore()

@@ -3,7 +3,7 @@
 
 Source ($OURS, or SRC) and destination ($OURS, or DST, e.g. stock 7.2)
 run migration-test's boot sector guest and talk through a relay (see
-test-postcopy-relay.py).  The switch's package carries a PING of value
+bootguest.py).  The switch's package carries a PING of value
 0x42 just before RUN; the destination's PONG to it tells the source that
 the device state loaded.  The relay watches the return path for that
 PONG.
@@ -22,7 +22,6 @@ PONG.
 """
 
 import argparse
-import importlib.util
 import os
 import signal
 import subprocess
@@ -31,21 +30,15 @@ import tempfile
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-_spec = importlib.util.spec_from_file_location(
-    "relaytest", os.path.join(HERE, "test-postcopy-relay.py"))
-relaytest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(relaytest)
-from qmplib import Qmp  # noqa: E402
+from bootguest import (DST, OURS, SRC, Guests, Relay, status, wait_serial,
+                       wait_status)
+from qmplib import QmpError
 
-OURS = relaytest.OURS
-SRC, DST = relaytest.SRC, relaytest.DST
 # MIG_RP_MSG_PONG, 4 bytes, 0x42: the package's devices are loaded
 PONG_PACKAGED_LOADED = bytes.fromhex("0002000400000042")
 
 
-class PongRelay(relaytest.Relay):
+class PongRelay(Relay):
     """A relay that sees the destination's PONG(0x42) go by and, with
     @hold_pong, holds it and all after it back from the source."""
 
@@ -54,22 +47,7 @@ class PongRelay(relaytest.Relay):
         self.pong_seen = threading.Event()
         super().__init__(listen_path, target_path)
 
-    def _serve(self):
-        while True:
-            try:
-                a, _ = self.listener.accept()
-            except OSError:
-                return
-            b = relaytest.socket.socket(relaytest.socket.AF_UNIX)
-            b.connect(self.target_path)
-            with self.lock:
-                self.socks += [a, b]
-            threading.Thread(target=self._pipe, args=(a, b),
-                             daemon=True).start()
-            threading.Thread(target=self._watch, args=(b, a),
-                             daemon=True).start()
-
-    def _watch(self, src, dst):
+    def _backward(self, src, dst):
         tail = b""
         held = False
         try:
@@ -97,10 +75,6 @@ class PongRelay(relaytest.Relay):
         self._pass_end(dst)
 
 
-def serial_passes(path):
-    return open(path, "rb").read().count(b"B") if os.path.exists(path) else 0
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fail", choices=("before", "after"), required=True)
@@ -111,33 +85,19 @@ def main():
         ap.error("a device fails to load before the PONG, not after")
 
     tmp = tempfile.mkdtemp(prefix="switch-fail-")
-    procs = {}
+    guests = None
     try:
-        disk = os.path.join(tmp, "bootsect")
-        relaytest.bootsect(disk)
-
-        def start(binary, name, extra):
-            qmp_path = os.path.join(tmp, f"{name}.qmp")
-            cmd = [binary, "-accel", "kvm", "-accel", "tcg", "-m", "150M",
-                   "-name", name, "-display", "none", "-nodefaults",
-                   "-serial", "file:" + os.path.join(tmp, f"{name}.serial"),
-                   "-drive", f"file={disk},format=raw",
-                   "-qmp", f"unix:{qmp_path},server=on,wait=off"] + extra
-            log = open(os.path.join(tmp, f"{name}.log"), "w")
-            procs[name] = subprocess.Popen(cmd, stdout=log,
-                                           stderr=subprocess.STDOUT)
-            return Qmp(qmp_path)
-
+        guests = Guests(tmp)
         extra = ["-device", "virtio-rng-pci"] if a.how == "device" else []
-        src = start(SRC, "source", extra)
-        dst = start(DST, "target", ["-incoming", "defer"])
+        src = guests.start(SRC, "source", extra)
+        dst = guests.start(DST, "target", ["-incoming", "defer"])
         caps = [{"capability": "postcopy-ram", "state": True}]
         for q in (src, dst):
             q.execute("migrate-set-capabilities", capabilities=caps)
         src.execute("migrate-set-parameters", **{
             "max-bandwidth": 64 << 20, "max-postcopy-bandwidth": 8 << 20,
             "downtime-limit": 1})
-        relaytest.wait_serial(os.path.join(tmp, "source.serial"), 60)
+        wait_serial(guests.serial("source"), 60)
         dst_path = os.path.join(tmp, "dst.sock")
         dst.execute("migrate-incoming", uri="unix:" + dst_path)
         relay = PongRelay(os.path.join(tmp, "relay.sock"), dst_path,
@@ -151,20 +111,20 @@ def main():
                 raise AssertionError("the destination never answered the "
                                      "package's PING(0x42)")
             time.sleep(0.5)
-            st = relaytest.status(src)
+            st = status(src)
             if st != "device":
                 raise AssertionError(f"the source is {st} with the PONG "
                                      "held back; expected device")
         elif a.fail == "after":
-            relaytest.wait_status(src, "source", ("postcopy-active",), 30)
+            wait_status(src, "source", ("postcopy-active",), 30)
             time.sleep(1.0)
         if a.how == "kill":
-            procs["target"].send_signal(signal.SIGKILL)
+            guests.procs["target"].send_signal(signal.SIGKILL)
         elif a.how == "cut":
             relay.cut()
 
         if a.fail == "after":
-            relaytest.wait_status(src, "source", ("postcopy-paused",), 30)
+            wait_status(src, "source", ("postcopy-paused",), 30)
             run = src.execute("query-status").get("status")
             if run == "running":
                 raise AssertionError("the source runs the guest again after "
@@ -173,9 +133,9 @@ def main():
                   f"its guest {run}")
             return 0
 
-        info = relaytest.wait_status(src, "source", ("failed",), 30,
-                                     fail=("cancelled", "postcopy-paused",
-                                           "postcopy-active", "completed"))
+        info = wait_status(src, "source", ("failed",), 30,
+                           fail=("cancelled", "postcopy-paused",
+                                 "postcopy-active", "completed"))
         print(f"the source failed: {info.get('error-desc', '')}")
         if a.how == "cut" and DST == OURS:
             # It loaded the devices but never heard that the source went
@@ -190,35 +150,19 @@ def main():
             if time.monotonic() > deadline:
                 raise AssertionError("the source's guest does not run again")
             time.sleep(0.1)
-        serial = os.path.join(tmp, "source.serial")
-        passes = serial_passes(serial)
         # Generous: a pass is slow on a loaded host
-        deadline = time.monotonic() + 30
-        while serial_passes(serial) < passes + 2:
-            if time.monotonic() > deadline:
-                raise AssertionError("the source's guest makes no progress")
-            time.sleep(0.1)
-        src.execute("stop")
-        dump = os.path.join(tmp, "source.mem")
-        src.execute("pmemsave", val=relaytest.MEM_START,
-                    size=relaytest.MEM_END - relaytest.MEM_START,
-                    filename=dump)
-        value = relaytest.check_guest_ram(dump)
+        value = guests.check_runs_intact(src, "source", timeout=30)
         print(f"failed before the PONG by {a.how}: the guest runs on the "
               f"source again, memory consistent (first page {value})")
         return 0
-    except (AssertionError, OSError, relaytest.QmpError) as e:
+    except (AssertionError, OSError, QmpError) as e:
         print(f"FAIL: {e}")
-        for name in procs:
-            log = os.path.join(tmp, f"{name}.log")
-            if os.path.exists(log):
-                print(f"--- {name} log:\n" + open(log).read()[-1500:])
+        if guests:
+            print(guests.logs(1500))
         return 1
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        if guests:
+            guests.stop_all()
         subprocess.run(["rm", "-rf", tmp])
 
 

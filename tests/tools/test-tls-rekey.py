@@ -21,23 +21,18 @@ SRC and DST name the binaries ($OURS by default).
 """
 
 import argparse
-import importlib.util
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-_spec = importlib.util.spec_from_file_location(
-    "relaytest", os.path.join(HERE, "test-postcopy-relay.py"))
-relaytest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(relaytest)
-from qmplib import Qmp, QmpError  # noqa: E402
+from bootguest import DST, SRC, Guests, wait_serial, wait_status
+from qmplib import QmpError
 
-SRC, DST = relaytest.SRC, relaytest.DST
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def build_shim(tmp):
@@ -52,8 +47,6 @@ def build_shim(tmp):
 
 
 def run_once(tmp, shim, rekey_ms, precopy):
-    disk = os.path.join(tmp, "bootsect")
-    relaytest.bootsect(disk)
     psk = os.path.join(tmp, "psk")
     os.makedirs(psk, exist_ok=True)
     with open(os.path.join(psk, "keys.psk"), "w") as f:
@@ -61,26 +54,15 @@ def run_once(tmp, shim, rekey_ms, precopy):
     counter = os.path.join(tmp, "rekeys")
     if os.path.exists(counter):
         os.unlink(counter)
-    env = dict(os.environ, LD_PRELOAD=shim, GNUTLS_REKEY_MS=str(rekey_ms),
-               GNUTLS_REKEY_COUNT=counter)
-    procs = {}
+    guests = Guests(tmp, env=dict(os.environ, LD_PRELOAD=shim,
+                                  GNUTLS_REKEY_MS=str(rekey_ms),
+                                  GNUTLS_REKEY_COUNT=counter))
 
     def start(binary, name, endpoint, extra):
-        qmp_path = os.path.join(tmp, f"{name}.qmp")
-        if os.path.exists(qmp_path):
-            os.unlink(qmp_path)
-        cmd = [binary, "-accel", "kvm", "-accel", "tcg", "-m", "150M",
-               "-name", name, "-display", "none", "-nodefaults",
-               "-serial", "file:" + os.path.join(tmp, f"{name}.serial"),
-               "-drive", f"file={disk},format=raw",
-               "-object", f"tls-creds-psk,id=tls0,endpoint={endpoint},"
-               f"dir={psk}" + (",username=qemu" if endpoint == "client"
-                               else ""),
-               "-qmp", f"unix:{qmp_path},server=on,wait=off"] + extra
-        log = open(os.path.join(tmp, f"{name}.log"), "w")
-        procs[name] = subprocess.Popen(cmd, stdout=log,
-                                       stderr=subprocess.STDOUT, env=env)
-        return Qmp(qmp_path)
+        creds = f"tls-creds-psk,id=tls0,endpoint={endpoint},dir={psk}"
+        if endpoint == "client":
+            creds += ",username=qemu"
+        return guests.start(binary, name, ["-object", creds] + extra)
 
     try:
         src = start(SRC, "source", "client", [])
@@ -91,8 +73,8 @@ def run_once(tmp, shim, rekey_ms, precopy):
             q.execute("migrate-set-parameters", **{"tls-creds": "tls0"})
         src.execute("migrate-set-parameters", **{
             "max-bandwidth": 64 << 20, "max-postcopy-bandwidth": 16 << 20})
-        relaytest.wait_serial(os.path.join(tmp, "source.serial"))
-        port = relaytest.socket.socket()
+        wait_serial(guests.serial("source"))
+        port = socket.socket()
         port.bind(("127.0.0.1", 0))
         uri = f"tcp:127.0.0.1:{port.getsockname()[1]}"
         port.close()
@@ -105,26 +87,11 @@ def run_once(tmp, shim, rekey_ms, precopy):
         else:
             time.sleep(1.0)
             src.execute("migrate-start-postcopy")
-            relaytest.wait_status(src, "source", ("postcopy-active",), 30)
-        relaytest.wait_status(src, "source", ("completed",), 120)
-        relaytest.wait_status(dst, "target", ("completed",), 30)
-        serial = os.path.join(tmp, "target.serial")
-        passes = open(serial, "rb").read().count(b"B")
-        deadline = time.monotonic() + 10
-        while open(serial, "rb").read().count(b"B") < passes + 2:
-            if time.monotonic() > deadline:
-                raise AssertionError("the guest makes no progress on the "
-                                     "destination")
-            time.sleep(0.1)
-        dst.execute("stop")
-        dump = os.path.join(tmp, "target.mem")
-        dst.execute("pmemsave", val=relaytest.MEM_START,
-                    size=relaytest.MEM_END - relaytest.MEM_START,
-                    filename=dump)
-        relaytest.check_guest_ram(dump)
-        for name, p in procs.items():
-            if p.poll() is not None:
-                raise AssertionError(f"{name} QEMU exited ({p.returncode})")
+            wait_status(src, "source", ("postcopy-active",), 30)
+        wait_status(src, "source", ("completed",), 120)
+        wait_status(dst, "target", ("completed",), 30)
+        guests.check_runs_intact(dst, "target")
+        guests.check_alive()
         with open(counter) as f:
             rekeys = len(f.readlines())
         if rekeys < 10:
@@ -132,19 +99,12 @@ def run_once(tmp, shim, rekey_ms, precopy):
                                  "exercise them")
         return f"completed, guest memory consistent, {rekeys} rekeys"
     except (AssertionError, QmpError, OSError) as e:
-        died = {n: p.poll() for n, p in procs.items() if p.poll() is not None}
+        died = {n: p.poll() for n, p in guests.procs.items()
+                if p.poll() is not None}
         msg = str(e) + (f"; exited: {died}" if died else "")
-        for name in procs:
-            log = os.path.join(tmp, f"{name}.log")
-            if os.path.exists(log):
-                tail = open(log, errors="replace").read().strip()
-                msg += f"\n--- {name} log: " + tail[-600:]
-        raise AssertionError(msg)
+        raise AssertionError(msg + "\n" + guests.logs(600))
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        guests.stop_all()
 
 
 def main():
