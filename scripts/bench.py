@@ -514,7 +514,7 @@ def write_docs(data, outdir):
     lines += ["", "## How to read it", ""] + HOW_TO_READ
     notes = c.get("notes")
     if notes:
-        lines += ["", "## Notes on this run", ""] + notes
+        lines += ["", "## Notes on this run", ""] + [f"- {n}" for n in notes]
     lines.append("")
     with open(os.path.join(DOCS, "benchmarks.md"), "w") as f:
         f.write("\n".join(lines))
@@ -586,8 +586,9 @@ def upgrade_results(data):
         r["mode"] = names[r.pop("preempt")]
 
 
-def docs_from(ap, path):
-    """Summary, picture and docs again from a results.json, no migration."""
+def docs_from(ap, path, notes):
+    """Summary, picture and docs again from a results.json, no migration;
+    @notes (--note) are added to the run's notes."""
     try:
         import matplotlib  # noqa: F401
         with open(path) as f:
@@ -596,6 +597,7 @@ def docs_from(ap, path):
         ap.error(f"--docs-from {path}: {e}")
     outdir = os.path.dirname(os.path.abspath(path))
     upgrade_results(data)
+    data["config"]["notes"] = data["config"].get("notes", []) + notes
     # The quantiles again from the recorded histograms (so a change of
     # their definition reaches an earlier run's numbers).
     for r in data["runs"]:
@@ -662,7 +664,7 @@ def main():
     ap = parser()
     args = ap.parse_args()
     if args.docs_from:
-        return docs_from(ap, args.docs_from)
+        return docs_from(ap, args.docs_from, args.note)
     demo.check_inputs(ap, (args.ours, args.stock))
     try:
         import matplotlib  # noqa: F401
