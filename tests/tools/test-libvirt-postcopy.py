@@ -673,7 +673,8 @@ exec {shlex.quote(emulator)} "$@"
         if os.path.exists(dump):
             os.unlink(dump)
         args = {"val": bootguest.MEM_START,
-                "size": bootguest.MEM_END - bootguest.MEM_START, "filename": dump_in}
+                "size": bootguest.MEM_END - bootguest.MEM_START,
+                "filename": dump_in}
         self.a.virsh("qemu-monitor-command", DOMAIN, json.dumps(
             {"execute": "pmemsave", "arguments": args}), quiet=True)
         try:
@@ -726,7 +727,8 @@ exec {shlex.quote(emulator)} "$@"
         if os.path.exists(dump):
             os.unlink(dump)
         args = {"val": bootguest.MEM_START,
-                "size": bootguest.MEM_END - bootguest.MEM_START, "filename": dump_in}
+                "size": bootguest.MEM_END - bootguest.MEM_START,
+                "filename": dump_in}
         self.b.virsh("qemu-monitor-command", DOMAIN, json.dumps(
             {"execute": "pmemsave", "arguments": args}), quiet=True)
         if not os.path.exists(dump):
