@@ -14,7 +14,9 @@ docs/benchmarks-latency-cdf.png from this run.
 The two sides are "ours" and "stock" whatever they run: --stock takes
 another binary (an earlier build, for an A/B of a change), and
 --stock-no-blocktime runs the stock side with postcopy-blocktime off (for
-the cost of blocktime, with --stock set to ours).
+the cost of blocktime, with --stock set to ours); --ours-global and
+--stock-global give one side's QEMUs a migration property (-global
+migration.PROP=VALUE, e.g. x-postcopy-fault-around=0 for an A/B of it).
 
 A run that fails, that sees corruption, or that never reaches
 postcopy-active is reported and left out of the medians.  Exits non-zero
@@ -86,6 +88,11 @@ MODES = {
                  {"order": "seq"}),
     "128M-stride": ("128M with the workload touching every 8th page, then "
                     "the next", {"order": "stride", "stride": 8}),
+    "128M-seq-preempt": ("128M-seq with postcopy-preempt",
+                         {"order": "seq", "preempt": True}),
+    "128M-stride-preempt": ("128M-stride with postcopy-preempt",
+                            {"order": "stride", "stride": 8,
+                             "preempt": True}),
     "128M-wl512": ("128M with a workload of 512 MiB",
                    {"workload_mib": 512}),
     "128M-wl2048": ("128M with a workload of 2 GiB (a 3 GiB guest)",
@@ -126,6 +133,9 @@ METRICS = [
     ("total_time_ms", "total time", "ms", lambda r: r["total_time_ms"]),
     ("downtime_ms", "downtime", "ms", lambda r: r["downtime_ms"]),
     ("blocktime_ms", "blocktime", "ms", lambda r: r["blocktime_ms"]),
+    ("vcpu_blocktime_max_ms", "blocktime of the most blocked vCPU", "ms",
+     lambda r: max(r["vcpu_blocktime_ms"]) if r.get("vcpu_blocktime_ms")
+     else None),
     ("pages_requested", "pages requested", "",
      lambda r: r["pages_requested"]),
     ("blocktime_per_request_ms", "blocktime per page requested", "ms",
@@ -420,6 +430,10 @@ def write_docs(data, outdir):
         + (", postcopy-blocktime off" if c.get("stock_no_blocktime")
            else ""),
     ]
+    for impl in IMPLS:
+        for g in c.get("globals", {}).get(impl, []):
+            lines.append(f"- {names[impl]}: `-global migration.{g}` on "
+                         "source and destination")
     if data.get("ours_changed_during_run"):
         lines.append("- **the ours binary was rebuilt during the run**; "
                      "runs before and after are mixed")
@@ -649,6 +663,11 @@ def parser():
                     "(default ours,stock)")
     ap.add_argument("--stock-no-blocktime", action="store_true",
                     help="postcopy-blocktime off for the stock side")
+    for impl in IMPLS:
+        ap.add_argument(f"--{impl}-global", action="append", default=[],
+                        metavar="PROP=VALUE", dest=f"{impl}_globals",
+                        help=f"-global migration.PROP=VALUE for the {impl} "
+                        "side's QEMUs (repeatable)")
     ap.add_argument("--note", action="append", default=[],
                     help="a line for the docs' notes on this run")
     ap.add_argument("--update-docs", action="store_true",
@@ -699,6 +718,8 @@ def main():
                    "modes": args.modes, "mode_settings": settings,
                    "names": names,
                    "stock_no_blocktime": args.stock_no_blocktime,
+                   "globals": {impl: getattr(args, f"{impl}_globals")
+                               for impl in IMPLS},
                    "notes": args.note},
         "runs": [],
     }
@@ -724,6 +745,7 @@ def main():
             for k, v in settings[mode].items():
                 setattr(args, k, v)
             args.blocktime = not (impl == "stock" and args.stock_no_blocktime)
+            args.globals = getattr(args, f"{impl}_globals")
             shutil.rmtree(workdir, ignore_errors=True)
             os.makedirs(workdir)
             res = demo.run_migration(args, workdir, binary, binary,

@@ -250,6 +250,8 @@ class Migration:
                "-initrd", os.path.join(GUEST, "initrd.img"),
                "-append", append, "-serial", "file:" + serial,
                "-qmp", f"unix:{qmp},server=on,wait=off"] + extra
+        for g in getattr(a, "globals", []):
+            cmd += ["-global", "migration." + g]
         if a.accel == "kvm":
             cmd += ["-cpu", "host"]
         if getattr(a, "trace", None):
@@ -636,6 +638,9 @@ def parser():
                     "purpose, SECONDS after it starts (default: about 1 s "
                     "into postcopy); the demo must report CORRUPTION")
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--global", dest="globals", action="append", default=[],
+                    metavar="PROP=VALUE", help="-global migration.PROP=VALUE "
+                    "for both QEMUs (repeatable)")
     ap.add_argument("--trace", metavar="EVENTS",
                     help="trace these events (comma-separated, globs) in "
                     "both QEMUs, with timestamps, into --trace-dir")

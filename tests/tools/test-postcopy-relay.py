@@ -143,6 +143,19 @@ def fail_recovery(src, dst, tmp, how):
     print(f"recovery failed by {how}: both sides paused again")
 
 
+def check_runs_asked(trace):
+    """The destination's trace must show requests longer than a page."""
+    lengths = [int(m, 16) for m in re.findall(
+        r"postcopy_page_req_add .* length 0x([0-9a-f]+)",
+        open(trace).read())]
+    runs = [n for n in lengths if n > 4096]
+    if not runs:
+        raise AssertionError(f"{len(lengths)} requests, none for more than "
+                             "one page: no fault-around")
+    print(f"{len(runs)} of {len(lengths)} requests asked for runs, up to "
+          f"{max(runs) // 4096} pages")
+
+
 def check_no_socket_left(pid, before):
     """Cleanup after completion runs in the source's main loop: allow it a
     moment, then the migration's sockets must all be closed."""
@@ -166,6 +179,10 @@ def main():
                     "recovery is refused with it)")
     ap.add_argument("--hugetlb", action="store_true",
                     help="guest RAM on 2 MiB hugetlbfs pages")
+    ap.add_argument("--expect-runs", action="store_true",
+                    help="the destination must have asked for runs of "
+                    "pages (fault-around: the guest writes its pages in "
+                    "order)")
     args = ap.parse_args()
     if args.fail_recovery == "preempt" and not args.preempt:
         ap.error("--fail-recovery preempt needs --preempt")
@@ -184,7 +201,10 @@ def main():
             return guests.start(binary, name, extra)
 
         src = start(SRC, "source", [])
-        dst = start(DST, "target", ["-incoming", "defer"])
+        trace = os.path.join(tmp, "target.trace")
+        dst = start(DST, "target", ["-incoming", "defer"] + (
+            ["-trace", "enable=postcopy_page_req_add", "-D", trace]
+            if args.expect_runs else []))
         caps = [{"capability": "postcopy-ram", "state": True}]
         if args.preempt:
             caps.append({"capability": "postcopy-preempt", "state": True})
@@ -260,6 +280,8 @@ def main():
         print(f"completed after {args.cuts} cut(s); guest memory consistent "
               f"(first page holds {value})")
         check_no_socket_left(src_pid, src_sockets)
+        if args.expect_runs:
+            check_runs_asked(trace)
         if not args.hugetlb:
             check_ram_advice(guests.procs["target"].pid)
         guests.check_alive()
