@@ -636,20 +636,36 @@ class Run:
             raise Failure("virsh migrate succeeded although the destination "
                           "cannot load the source's devices")
 
-    def extra_device_emulator(self, emulator):
-        """A wrapper that gives the guest a virtio-rng-pci on host a only:
+    def host_args_emulator(self, emulator, host, args, name):
+        """A wrapper that adds @args to the guest's QEMU on @host only:
         libvirt hands the destination the same XML, emulator included."""
-        path = os.path.join(BASE, "emulator-extra-device.sh")
+        path = os.path.join(BASE, f"emulator-{name}.sh")
         with open(path, "w") as f:
             f.write(f"""#!/bin/sh
 case "$(hostname) $*" in
-"qpc-host-a "*"-name guest={DOMAIN}"*)
-    exec {shlex.quote(emulator)} "$@" -device virtio-rng-pci ;;
+"qpc-host-{host} "*"-name guest={DOMAIN}"*)
+    exec {shlex.quote(emulator)} "$@" {args} ;;
 esac
 exec {shlex.quote(emulator)} "$@"
 """)
         os.chmod(path, 0o755)
         return path
+
+    def extra_device_emulator(self, emulator):
+        """The guest gets a virtio-rng-pci on host a only."""
+        return self.host_args_emulator(emulator, "a", "-device virtio-rng-pci",
+                                       "extra-device")
+
+    def one_page_faults_emulator(self, emulator):
+        """Our destination asks for one page a fault.  The guest writes its
+        pages in order, and with fault-around it gets runs of them, past
+        --postcopy-bandwidth as requests go: postcopy would end before the
+        resume scenario's cut.  (Stock 7.2 asks for one page a fault.)"""
+        if emulator != OURS:
+            return None
+        return self.host_args_emulator(
+            emulator, "b", "-global migration.x-postcopy-fault-around=0",
+            "one-page-faults")
 
     def verify_on_source(self, src_pid, a_off, b_off):
         """After a failed switch: running on a, nowhere on b."""
@@ -763,7 +779,9 @@ exec {shlex.quote(emulator)} "$@"
         self.offsets = {self.a: a_off, self.b: b_off}
         self.emulator, self.unpriv = emulator, unpriv
         wrapper = (self.extra_device_emulator(emulator)
-                   if name == "switchfail" else None)
+                   if name == "switchfail" else
+                   self.one_page_faults_emulator(emulator)
+                   if name == "resume" else None)
         src_pid = self.start_guest(emulator, unpriv, xml_emulator=wrapper)
         getattr(self, name)()
         if name == "switchfail":

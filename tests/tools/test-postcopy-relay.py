@@ -223,10 +223,11 @@ def main():
         src_sockets = socket_fds(src_pid)
         dst_path = os.path.join(tmp, "dst-0.sock")
         dst.execute("migrate-incoming", uri="unix:" + dst_path)
-        # Requested pages bypass max-postcopy-bandwidth (as they must);
-        # where they are many (a separate channel, or 2 MiB pages that the
-        # guest faults one after another) the link itself is slow.
-        rate = (24 << 20) if args.preempt or args.hugetlb else None
+        # Requested pages bypass max-postcopy-bandwidth (as they must), and
+        # they are many: the guest writes its pages in order and asks for
+        # runs of them (fault-around), or for 2 MiB pages one after
+        # another; so the link itself is slow.
+        rate = 24 << 20
         relay = Relay(os.path.join(tmp, "relay-0.sock"), dst_path, rate=rate)
         src.execute("migrate", uri="unix:" + os.path.join(tmp, "relay-0.sock"))
         time.sleep(1.0)
