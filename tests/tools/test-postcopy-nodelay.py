@@ -135,7 +135,9 @@ def main():
                     **{"max-postcopy-bandwidth": 0})
         wait_status(src, "source", ("completed",), 120)
         wait_status(dst, "target", ("completed",), 120)
-        value = guests.check_runs_intact(dst, "target")
+        # Generous, as in switch-fail: in 4 of about 70 runs here the
+        # guest (KVM on PVM) ran slowly after completing, still progressing
+        value = guests.check_runs_intact(dst, "target", timeout=30)
         print(f"completed; guest memory consistent (first page holds "
               f"{value})")
         guests.check_alive()
