@@ -67,6 +67,8 @@ class Relay:
         self.socks = []
         self.lock = threading.Lock()
         self.cut_done = False
+        # Set by stall(): forward nothing more, read nothing more
+        self.stalled = threading.Event()
         self.bytes = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -99,7 +101,7 @@ class Relay:
                 if self.cut_done:
                     self._shut()
                     return
-            threading.Thread(target=self._pipe, args=(a, b, self.rate),
+            threading.Thread(target=self._pipe, args=(a, b, self.rate, True),
                              daemon=True).start()
             threading.Thread(target=self._backward, args=(b, a),
                              daemon=True).start()
@@ -107,9 +109,11 @@ class Relay:
                 self.listener.close()
                 return
 
-    def _pipe(self, src, dst, rate=None):
+    def _pipe(self, src, dst, rate=None, forward=False):
         try:
             while True:
+                while forward and self.stalled.is_set() and not self.cut_done:
+                    time.sleep(0.05)
                 data = src.recv(1 << 16)
                 if not data:
                     break
@@ -154,6 +158,12 @@ class Relay:
             except OSError:
                 pass
             s.close()
+
+    def stall(self):
+        """Stop forwarding towards the destination (and reading what the
+        source sends), as a congested link does: the source's writes fill
+        its socket and then block.  The return path still flows."""
+        self.stalled.set()
 
     def cut(self):
         """Drop both directions at once, as a failed link would."""

@@ -18,7 +18,11 @@ PONG.
   --fail after --how kill|cut
       the same once the PONG got through and the source is in
       postcopy-active: the guest is the destination's then, the source
-      must pause (postcopy-paused), never run it again.
+      must pause (postcopy-paused), never run it again.  Before the kill
+      the relay stops forwarding, so that the source's writes block: a
+      destination that dies behind a congested relay or proxy shows to
+      the source only as the end of its return path, and the source must
+      not wait in that write for good.
 """
 
 import argparse
@@ -123,6 +127,9 @@ def main():
             wait_status(src, "source", ("postcopy-active",), 30)
             time.sleep(1.0)
         if a.how == "kill":
+            if a.fail == "after":
+                relay.stall()
+                time.sleep(0.5)     # the source's socket fills
             guests.procs["target"].send_signal(signal.SIGKILL)
         elif a.how == "cut":
             relay.cut()
