@@ -8,8 +8,9 @@ switch, preempt, the workload's size and vCPUs); one migration at a time.
 Writes build/bench/<time>/results.json and latency-cdf.png (the guest's
 access latency during postcopy, ours against stock, from the workload's
 histograms) and prints the medians and the ours/stock ratios per mode.
---update-docs also rewrites docs/benchmarks.md and
-docs/benchmarks-latency-cdf.png from this run.
+--update-docs also rewrites docs/benchmarks.md,
+docs/benchmarks-latency-cdf.png and docs/benchmarks.json from this run
+(docs/NAME.* with --docs-name NAME).
 
 The two sides are "ours" and "stock" whatever they run: --stock takes
 another binary (an earlier build, for an A/B of a change), and
@@ -44,7 +45,6 @@ os.environ.setdefault("MPLCONFIGDIR",
 
 DOCS = os.path.join(demo.TOP, "docs")
 PNG = "latency-cdf.png"
-DOC_PNG = "benchmarks-latency-cdf.png"
 IMPLS = ("ours", "stock")
 
 # The modes a run can measure: a name, what it is, and what it changes
@@ -395,18 +395,22 @@ def describe_mode(st):
             f"{'on' if st['preempt'] else 'off'}")
 
 
-def write_docs(data, outdir):
+def write_docs(data, outdir, name="benchmarks"):
+    """docs/@name.md, its picture and its results from the run in
+    @outdir"""
     m, b, c = data["machine"], data["binaries"], data["config"]
     names = c["names"]
+    doc_png = f"{name}-latency-cdf.png"
     lines = [
-        "# Benchmarks: ours against stock QEMU 7.2",
+        "# Benchmarks: ours against stock QEMU 7.2"
+        + (f" ({name})" if name != "benchmarks" else ""),
         "",
         "Written by `scripts/bench.py` (`make bench "
         "BENCH_ARGS=--update-docs` at the end of a run, or `--docs-from` "
         "with a run's results) from the run that started "
         f"{data['started']}; its full results were in "
         f"`build/bench/{os.path.basename(outdir)}/results.json`, copied to "
-        "`docs/benchmarks.json`. The tables per mode give medians, the "
+        f"`docs/{name}.json`. The tables per mode give medians, the "
         "last one every migration.",
         "",
         "## The machine",
@@ -502,7 +506,7 @@ def write_docs(data, outdir):
                   f"these {len(both)} rows.", ""]
     lines += [
         f"![access latency during postcopy, {names['ours']} against "
-        f"{names['stock']}]({DOC_PNG})",
+        f"{names['stock']}]({doc_png})",
         "",
         "### Every migration",
         "",
@@ -530,11 +534,11 @@ def write_docs(data, outdir):
     if notes:
         lines += ["", "## Notes on this run", ""] + [f"- {n}" for n in notes]
     lines.append("")
-    with open(os.path.join(DOCS, "benchmarks.md"), "w") as f:
+    with open(os.path.join(DOCS, f"{name}.md"), "w") as f:
         f.write("\n".join(lines))
-    shutil.copyfile(os.path.join(outdir, PNG), os.path.join(DOCS, DOC_PNG))
+    shutil.copyfile(os.path.join(outdir, PNG), os.path.join(DOCS, doc_png))
     shutil.copyfile(os.path.join(outdir, "results.json"),
-                    os.path.join(DOCS, "benchmarks.json"))
+                    os.path.join(DOCS, f"{name}.json"))
 
 
 HOW_TO_READ = [
@@ -600,7 +604,7 @@ def upgrade_results(data):
         r["mode"] = names[r.pop("preempt")]
 
 
-def docs_from(ap, path, notes):
+def docs_from(ap, path, notes, name):
     """Summary, picture and docs again from a results.json, no migration;
     @notes (--note) are added to the run's notes."""
     try:
@@ -625,9 +629,9 @@ def docs_from(ap, path, notes):
     with open(path, "w") as f:
         json.dump(data, f, indent=1)
     plot_run(data, outdir)
-    write_docs(data, outdir)
-    print(f"bench: docs/benchmarks.md, docs/{DOC_PNG} and "
-          f"docs/benchmarks.json rewritten from {path}")
+    write_docs(data, outdir, name)
+    print(f"bench: docs/{name}.md, its picture and docs/{name}.json "
+          f"rewritten from {path}")
     return 0
 
 
@@ -672,6 +676,10 @@ def parser():
                     help="a line for the docs' notes on this run")
     ap.add_argument("--update-docs", action="store_true",
                     help="rewrite docs/benchmarks.md and its picture")
+    ap.add_argument("--docs-name", default="benchmarks", metavar="NAME",
+                    help="write docs/NAME.md, docs/NAME-latency-cdf.png and "
+                    "docs/NAME.json (default benchmarks): a run of some "
+                    "modes only beside the main one")
     ap.add_argument("--docs-from", metavar="RESULTS_JSON",
                     help="migrate nothing: summarize an earlier run's "
                     "results.json again and rewrite the docs from it")
@@ -683,7 +691,7 @@ def main():
     ap = parser()
     args = ap.parse_args()
     if args.docs_from:
-        return docs_from(ap, args.docs_from, args.note)
+        return docs_from(ap, args.docs_from, args.note, args.docs_name)
     demo.check_inputs(ap, (args.ours, args.stock))
     try:
         import matplotlib  # noqa: F401
@@ -788,9 +796,9 @@ def main():
     plot_run(data, outdir)
     print(f"\nbench: {outdir}/results.json, {outdir}/{PNG}")
     if args.update_docs:
-        write_docs(data, outdir)
-        print(f"bench: docs/benchmarks.md, docs/{DOC_PNG} and "
-              "docs/benchmarks.json rewritten")
+        write_docs(data, outdir, args.docs_name)
+        print(f"bench: docs/{args.docs_name}.md, its picture and "
+              f"docs/{args.docs_name}.json rewritten")
     empty = [m for m, cell in data["summary"].items()
              for impl in IMPLS if not cell["total_time_ms"]["n_" + impl]]
     if empty:
