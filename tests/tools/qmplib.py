@@ -43,8 +43,15 @@ class Qmp:
             reply = json.loads(line)
             if "event" in reply:
                 continue
+            if "QMP" in reply:
+                # A second greeting: 7.2's monitor can open a connection
+                # twice when it arrives while the monitor's I/O thread is
+                # still taking over the socket.
+                continue
             if "error" in reply:
                 raise QmpError(reply["error"].get("desc", str(reply)))
+            if "return" not in reply:
+                raise QmpError(f"{name}: unexpected reply {line.strip()}")
             return reply["return"]
 
     def close(self):
