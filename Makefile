@@ -8,6 +8,9 @@
 #   make test    run the tests against the current build, without
 #                regenerating the tree
 #   make check-series  build every patch of the series in turn
+#   make stable-fixes  the series' leading fixes for stock 7.2 as a quilt
+#                series with DEP-3 headers (build/stable-fixes/), each
+#                checked to apply to the base and build
 #   make demo    set up what is missing, migrate a running Linux guest with
 #                postcopy and print a summary (docs/testing.md)
 #   make bench   the demo's migration with ours and with stock 7.2, N times
@@ -27,7 +30,7 @@ DEMO_ARGS ?=
 BENCH_N ?= 3
 BENCH_ARGS ?=
 
-.PHONY: all setup base tree export build checkpatch check-series guest test check demo bench clean
+.PHONY: all setup base tree export build checkpatch check-series stable-fixes guest test check demo bench clean
 
 all: build
 
@@ -55,6 +58,9 @@ guest: setup
 
 check-series:
 	@bash scripts/check-series.sh
+
+stable-fixes:
+	@bash scripts/stable-fixes.sh
 
 test:
 	@python3 tests/run-migration-tests.py \

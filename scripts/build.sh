@@ -8,18 +8,7 @@ time_phase build
 
 [ -d "$TREE/.git" ] || die "no tree; run make tree"
 
-# Debian's firmware packages install here; a build-tree binary otherwise
-# only looks in its own (empty, for Debian's source) bundle directory.
-FIRMWARE=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
-
-configure_args=(
-    --target-list=x86_64-softmmu
-    --firmwarepath="$FIRMWARE"
-    --disable-docs --disable-user --disable-tools --disable-guest-agent
-    --enable-kvm --enable-tcg --enable-gnutls --enable-slirp
-    --disable-sdl --disable-gtk --disable-vnc --disable-spice --disable-opengl
-    --disable-xen --disable-capstone --enable-werror
-)
+configure_args=("${QEMU_CONFIGURE_ARGS[@]}")
 # Reconfigure when the options change; otherwise ninja re-runs meson itself
 # when a meson.build changes.
 want="${configure_args[*]}"

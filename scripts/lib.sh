@@ -8,6 +8,19 @@ OBJ="$BUILD/obj"
 # shellcheck source=base.conf
 . "$TOP/scripts/base.conf"
 
+# Debian's firmware packages install here; a build-tree binary otherwise
+# only looks in its own (empty, for Debian's source) bundle directory.
+FIRMWARE=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
+# How build.sh (and stable-fixes.sh, for the base) configure QEMU
+QEMU_CONFIGURE_ARGS=(
+    --target-list=x86_64-softmmu
+    --firmwarepath="$FIRMWARE"
+    --disable-docs --disable-user --disable-tools --disable-guest-agent
+    --enable-kvm --enable-tcg --enable-gnutls --enable-slirp
+    --disable-sdl --disable-gtk --disable-vnc --disable-spice --disable-opengl
+    --disable-xen --disable-capstone --enable-werror
+)
+
 say()  { printf '==> %s\n' "$*"; }
 warn() { printf '\n!!! WARNING: %s\n\n' "$*" >&2; }
 die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
