@@ -67,22 +67,22 @@ for p in "${fixes[@]}"; do
 done
 say "wrote ${#fixes[@]} fix(es) to $out: $(tr '\n' ' ' <"$out/series")"
 
-# A fresh copy of the base for each check
+# A fresh copy of the base in @1
 base_copy() {
     rm -rf "$1"
     git -C "$TREE" worktree prune
     git -C "$TREE" worktree add -q --detach "$1" base
 }
 
+# One copy of the base: a dry run leaves it as it was
 check="$BUILD/stable/check"
+base_copy "$check"
 while read -r name; do
-    base_copy "$check"
     (cd "$check" && patch -p1 -F0 -s --dry-run <"$out/$name" >/dev/null) ||
         die "$name does not apply to the base alone"
     say "applies to the base alone: $name"
 done <"$out/series"
 
-base_copy "$check"
 while read -r name; do
     (cd "$check" && patch -p1 -F0 -s --no-backup-if-mismatch <"$out/$name") ||
         die "$name does not apply after the fixes before it"

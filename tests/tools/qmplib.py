@@ -44,9 +44,9 @@ class Qmp:
             if "event" in reply:
                 continue
             if "QMP" in reply:
-                # A second greeting: 7.2's monitor can open a connection
-                # twice when it arrives while the monitor's I/O thread is
-                # still taking over the socket.
+                # A second greeting: 7.2's monitor can greet a client
+                # twice when it connects while the monitor's I/O thread
+                # is still taking over the socket.
                 continue
             if "error" in reply:
                 raise QmpError(reply["error"].get("desc", str(reply)))
