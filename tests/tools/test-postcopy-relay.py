@@ -28,6 +28,10 @@ second recovery must complete the migration.
 connection gets through but the preempt channel's is refused; both sides
 must go back to postcopy-paused as above.
 
+--expect-runs: the destination must have asked for runs of pages
+(fault-around); a migration that asked for none, which shows nothing, is
+tried again, up to 3 in all.
+
 Each form ends by checking that the source holds no socket of the
 migration's once it has completed (none is left behind by a recovery).
 """
@@ -143,6 +147,14 @@ def fail_recovery(src, dst, tmp, how):
     print(f"recovery failed by {how}: both sides paused again")
 
 
+class NoRunAsked(AssertionError):
+    """The migration went well but asked for no run: nothing was shown."""
+
+
+# main()'s exit code when that is its only failure
+NO_RUN_ASKED = 3
+
+
 def check_runs_asked(trace):
     """The destination's trace must show requests longer than a page."""
     lengths = [int(m, 16) for m in re.findall(
@@ -150,8 +162,8 @@ def check_runs_asked(trace):
         open(trace).read())]
     runs = [n for n in lengths if n > 4096]
     if not runs:
-        raise AssertionError(f"{len(lengths)} requests, none for more than "
-                             "one page: no fault-around")
+        raise NoRunAsked(f"{len(lengths)} requests, none for more than "
+                         "one page: no fault-around")
     print(f"{len(runs)} of {len(lengths)} requests asked for runs, up to "
           f"{max(runs) // 4096} pages")
 
@@ -286,6 +298,9 @@ def main():
         if not args.hugetlb:
             check_ram_advice(guests.procs["target"].pid)
         guests.check_alive()
+    except NoRunAsked as e:
+        print(f"FAIL: {e}")
+        return NO_RUN_ASKED
     except (AssertionError, QmpError, OSError) as e:
         print(f"FAIL: {e}")
         if guests:
@@ -300,5 +315,17 @@ def main():
     return 0
 
 
+def run(attempts=3):
+    """A migration that asked for no run (a few dozen faults, none next to
+    the one before: a stock source's stream often gets there first) shows
+    nothing either way; try it again, up to @attempts in all."""
+    for attempt in range(1, attempts + 1):
+        rc = main()
+        if rc != NO_RUN_ASKED:
+            return rc
+        print(f"attempt {attempt} of {attempts} asked for no run of pages")
+    return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
