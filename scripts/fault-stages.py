@@ -5,13 +5,13 @@ Runs scripts/demo.py's migration once with trace points on in both QEMUs
 (the log backend, microsecond timestamps from one host clock) and follows
 every page the destination asked for through its stages:
 
-  fault     the fault thread read the fault        postcopy_fault
-  request   it wrote the request                   postcopy_page_req_add
-  read      the source's return path read it       migrate_handle_rp_req_pages
-  picked    the migration thread took it           get_queued_page
-  written   its bytes went into the stream         ram_save_requested_page
-  placed    the destination placed it, woke the    postcopy_place_page
-            faulting threads                       (requested=1)
+  fault     the fault thread read the fault     postcopy_ram_fault_thread_request
+  request   it wrote the request                postcopy_page_req_add
+  read      the source's return path read it    migrate_handle_rp_req_pages
+  picked    the migration thread took it        get_queued_page
+  written   its bytes went into the stream      ram_save_requested_page
+  placed    the destination placed it, woke the postcopy_place_page
+            faulting threads                    (requested=1)
 
 and prints, for each step, the median, p90, p99 and worst over the pages
 that passed through both of its ends.  A page the background scan sent
@@ -30,13 +30,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import demo  # noqa: E402
 
-EVENTS = ("postcopy_fault,postcopy_page_req_add,postcopy_place_page,"
-          "migrate_handle_rp_req_pages,get_queued_page,"
+EVENTS = ("postcopy_ram_fault_thread_request,postcopy_page_req_add,"
+          "postcopy_place_page,migrate_handle_rp_req_pages,get_queued_page,"
           "ram_save_requested_page")
 LINE_RE = re.compile(r"^\d+@(\d+)\.(\d+):(\w+) (.*)$")
 # The page each event is about: (block, offset)
 PAGE_RE = {
-    "postcopy_fault": re.compile(r"^(\S+) at 0x([0-9a-f]+)"),
+    "postcopy_ram_fault_thread_request": re.compile(
+        r"^(\S+) at 0x([0-9a-f]+)"),
     "postcopy_page_req_add": re.compile(r"^ask for (\S+) at 0x([0-9a-f]+)"),
     "postcopy_place_page": re.compile(
         r"^(\S+) at 0x([0-9a-f]+) zero=\d requested=1"),
@@ -45,7 +46,8 @@ PAGE_RE = {
     "get_queued_page": re.compile(r"^(\S+)/0x([0-9a-f]+)"),
     "ram_save_requested_page": re.compile(r"^(\S+) at 0x([0-9a-f]+)"),
 }
-STAGES = [("fault", "postcopy_fault"), ("request", "postcopy_page_req_add"),
+STAGES = [("fault", "postcopy_ram_fault_thread_request"),
+          ("request", "postcopy_page_req_add"),
           ("read", "migrate_handle_rp_req_pages"),
           ("picked", "get_queued_page"),
           ("written", "ram_save_requested_page"),

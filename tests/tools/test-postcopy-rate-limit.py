@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""A requested page must not wait for the rest of a rate-limit window.
+
+Source ($OURS, or SRC) and destination ($OURS, or DST) run migration-test's
+boot sector guest, which writes 99 MiB of its RAM in order, over and over,
+and migrate over TCP on loopback with postcopy held to a slow
+max-postcopy-bandwidth: nearly the whole of that RAM comes in postcopy, and
+the guest faults on a page the background stream has not sent yet, again
+and again.  The migration thread sends the window's share of the stream
+(100 ms of the rate) in a burst, then sleeps until the window ends; a page
+request must wake it and its page go out at once.
+
+At the end the test reads the destination's postcopy-blocktime (the time
+the guest's vCPU waited for pages) and the source's postcopy-requests, and
+fails when the mean wait per request exceeds --max-wait-ms (10 ms).
+Stock 7.2 let a request wait for the end of the window (the migration
+thread woke, found the stream over its limit and went round its loop
+without sending): a mean of tens of milliseconds.  The guest's memory is
+then checked as in the other tests.
+"""
+
+import argparse
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from bootguest import DST, SRC, Guests, status, wait_serial, wait_status
+from qmplib import QmpError
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=int, default=16,
+                    help="max-postcopy-bandwidth in MiB/s (16)")
+    ap.add_argument("--max-wait-ms", type=float, default=10.0,
+                    help="the mean wait per requested page that fails "
+                    "the test (10 ms)")
+    ap.add_argument("--min-requests", type=int, default=20,
+                    help="fewer requests than this show nothing: fail")
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="postcopy-rate-limit-")
+    guests = None
+    try:
+        guests = Guests(tmp)
+        src = guests.start(SRC, "source")
+        dst = guests.start(DST, "target", ["-incoming", "defer"])
+        src.execute("migrate-set-capabilities", capabilities=[
+            {"capability": "postcopy-ram", "state": True}])
+        dst.execute("migrate-set-capabilities", capabilities=[
+            {"capability": "postcopy-ram", "state": True},
+            {"capability": "postcopy-blocktime", "state": True}])
+        src.execute("migrate-set-parameters", **{
+            "max-bandwidth": 32 << 20,
+            "max-postcopy-bandwidth": args.rate << 20})
+        wait_serial(guests.serial("source"))
+
+        uri = f"tcp:127.0.0.1:{free_port()}"
+        dst.execute("migrate-incoming", uri=uri)
+        src.execute("migrate", uri=uri)
+        time.sleep(0.3)
+        src.execute("migrate-start-postcopy")
+        wait_status(src, "source", ("postcopy-active",), 30)
+        start = time.monotonic()
+        wait_status(src, "source", ("completed",), 300)
+        wait_status(dst, "target", ("completed",), 60)
+        took = time.monotonic() - start
+
+        requests = src.execute("query-migrate")["ram"]["postcopy-requests"]
+        info = dst.execute("query-migrate")
+        if "postcopy-blocktime" not in info:
+            raise AssertionError("the destination reports no "
+                                 f"postcopy-blocktime: {info}")
+        blocktime = info["postcopy-blocktime"]
+        print(f"postcopy at {args.rate} MiB/s took {took:.1f} s: "
+              f"{requests} pages requested, the guest blocked "
+              f"{blocktime} ms in all")
+        if requests < args.min_requests:
+            raise AssertionError(f"only {requests} pages requested; the "
+                                 "test needs the guest to fault more")
+        wait = blocktime / requests
+        if wait > args.max_wait_ms:
+            raise AssertionError(
+                f"{wait:.1f} ms of blocktime per page requested (at most "
+                f"{args.max_wait_ms} ms): requests wait for the rate "
+                "limit's window to end")
+        print(f"{wait:.2f} ms of blocktime per page requested")
+        value = guests.check_runs_intact(dst, "target", timeout=30)
+        print(f"guest memory consistent (first page holds {value})")
+        guests.check_alive()
+    except (AssertionError, QmpError, OSError) as e:
+        print(f"FAIL: {e}")
+        if guests:
+            print(guests.logs())
+        return 1
+    finally:
+        if guests:
+            guests.stop_all()
+        subprocess.run(["rm", "-rf", tmp])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
