@@ -18,10 +18,11 @@ import select
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
-from qmplib import Qmp
+from qmplib import Qmp, QmpError
 
 OURS = os.environ.get("OURS") or sys.exit("OURS is not set")
 TREE = os.environ.get("TREE") or sys.exit("TREE is not set")
@@ -311,3 +312,58 @@ def socket_fds(pid):
         except OSError:
             pass    # closed meanwhile
     return n
+
+
+def free_port():
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_tcp_postcopy(guests, caps, params, dst_caps=(), delay=0.3):
+    """Start a source and a destination QEMU, migrate over TCP on loopback
+    with @caps on both sides (and @dst_caps on the destination) and
+    @params on the source, and switch to postcopy after @delay seconds.
+    Returns (source, destination, port) with the source in
+    postcopy-active."""
+    src = guests.start(SRC, "source")
+    dst = guests.start(DST, "target", ["-incoming", "defer"])
+    src.execute("migrate-set-capabilities", capabilities=list(caps))
+    dst.execute("migrate-set-capabilities",
+                capabilities=list(caps) + list(dst_caps))
+    src.execute("migrate-set-parameters", **params)
+    wait_serial(guests.serial("source"))
+    port = free_port()
+    uri = f"tcp:127.0.0.1:{port}"
+    dst.execute("migrate-incoming", uri=uri)
+    src.execute("migrate", uri=uri)
+    time.sleep(delay)
+    src.execute("migrate-start-postcopy")
+    wait_status(src, "source", ("postcopy-active",), 30)
+    return src, dst, port
+
+
+def run_guests_test(prefix, body, passthrough=()):
+    """Run body(guests) with a Guests of its own in a fresh directory.
+    An AssertionError, QmpError or OSError fails the test with both
+    QEMUs' logs, but for those in @passthrough, which the caller gets;
+    the QEMUs are stopped and the directory removed in any case.  Returns
+    the test's exit status."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    guests = None
+    try:
+        guests = Guests(tmp)
+        body(guests)
+    except passthrough:
+        raise
+    except (AssertionError, QmpError, OSError) as e:
+        print(f"FAIL: {e}")
+        if guests:
+            print(guests.logs())
+        return 1
+    finally:
+        if guests:
+            guests.stop_all()
+        subprocess.run(["rm", "-rf", tmp])
+    return 0

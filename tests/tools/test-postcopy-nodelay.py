@@ -20,13 +20,11 @@ import argparse
 import ctypes
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 
-from bootguest import DST, SRC, Guests, status, wait_serial, wait_status
-from qmplib import QmpError
+from bootguest import (run_guests_test, start_tcp_postcopy, status,
+                       wait_status)
 
 SYS_PIDFD_GETFD = 438       # x86_64; os.pidfd_open() opens the pidfd
 
@@ -89,10 +87,32 @@ def check_no_delay(name, pid, port, want, timeout=5):
     print(f"{name}: {want} connection(s), TCP_NODELAY on each")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def migrate(guests, preempt):
+    caps = [{"capability": "postcopy-ram", "state": True}]
+    if preempt:
+        caps.append({"capability": "postcopy-preempt", "state": True})
+    src, dst, port = start_tcp_postcopy(
+        guests, caps,
+        {"max-bandwidth": 32 << 20, "max-postcopy-bandwidth": 4 << 20},
+        delay=0.5)
+    wait_status(dst, "target", ("postcopy-active",), 30)
+    want = 2 if preempt else 1
+    check_no_delay("source", guests.procs["source"].pid, port, want)
+    check_no_delay("target", guests.procs["target"].pid, port, want)
+    if status(src) != "postcopy-active":
+        raise AssertionError("postcopy ended during the check; the "
+                             "test needs it to last longer")
+
+    src.execute("migrate-set-parameters",
+                **{"max-postcopy-bandwidth": 0})
+    wait_status(src, "source", ("completed",), 120)
+    wait_status(dst, "target", ("completed",), 120)
+    # Generous, as in switch-fail: in 4 of about 70 runs here the
+    # guest (KVM on PVM) ran slowly after completing, still progressing
+    value = guests.check_runs_intact(dst, "target", timeout=30)
+    print(f"completed; guest memory consistent (first page holds "
+          f"{value})")
+    guests.check_alive()
 
 
 def main():
@@ -101,56 +121,8 @@ def main():
                     help="postcopy-preempt on both sides")
     args = ap.parse_args()
 
-    tmp = tempfile.mkdtemp(prefix="postcopy-nodelay-")
-    guests = None
-    try:
-        guests = Guests(tmp)
-        src = guests.start(SRC, "source")
-        dst = guests.start(DST, "target", ["-incoming", "defer"])
-        caps = [{"capability": "postcopy-ram", "state": True}]
-        if args.preempt:
-            caps.append({"capability": "postcopy-preempt", "state": True})
-        for q in (src, dst):
-            q.execute("migrate-set-capabilities", capabilities=caps)
-        src.execute("migrate-set-parameters", **{
-            "max-bandwidth": 32 << 20, "max-postcopy-bandwidth": 4 << 20})
-        wait_serial(guests.serial("source"))
-
-        port = free_port()
-        uri = f"tcp:127.0.0.1:{port}"
-        dst.execute("migrate-incoming", uri=uri)
-        src.execute("migrate", uri=uri)
-        time.sleep(0.5)
-        src.execute("migrate-start-postcopy")
-        wait_status(src, "source", ("postcopy-active",), 30)
-        wait_status(dst, "target", ("postcopy-active",), 30)
-        want = 2 if args.preempt else 1
-        check_no_delay("source", guests.procs["source"].pid, port, want)
-        check_no_delay("target", guests.procs["target"].pid, port, want)
-        if status(src) != "postcopy-active":
-            raise AssertionError("postcopy ended during the check; the "
-                                 "test needs it to last longer")
-
-        src.execute("migrate-set-parameters",
-                    **{"max-postcopy-bandwidth": 0})
-        wait_status(src, "source", ("completed",), 120)
-        wait_status(dst, "target", ("completed",), 120)
-        # Generous, as in switch-fail: in 4 of about 70 runs here the
-        # guest (KVM on PVM) ran slowly after completing, still progressing
-        value = guests.check_runs_intact(dst, "target", timeout=30)
-        print(f"completed; guest memory consistent (first page holds "
-              f"{value})")
-        guests.check_alive()
-    except (AssertionError, QmpError, OSError) as e:
-        print(f"FAIL: {e}")
-        if guests:
-            print(guests.logs())
-        return 1
-    finally:
-        if guests:
-            guests.stop_all()
-        subprocess.run(["rm", "-rf", tmp])
-    return 0
+    return run_guests_test("postcopy-nodelay-",
+                           lambda guests: migrate(guests, args.preempt))
 
 
 if __name__ == "__main__":

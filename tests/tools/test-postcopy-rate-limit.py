@@ -20,20 +20,45 @@ then checked as in the other tests.
 """
 
 import argparse
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 
-from bootguest import DST, SRC, Guests, status, wait_serial, wait_status
-from qmplib import QmpError
+from bootguest import run_guests_test, start_tcp_postcopy, wait_status
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def migrate(guests, args):
+    src, dst, _ = start_tcp_postcopy(
+        guests, [{"capability": "postcopy-ram", "state": True}],
+        {"max-bandwidth": 32 << 20,
+         "max-postcopy-bandwidth": args.rate << 20},
+        dst_caps=[{"capability": "postcopy-blocktime", "state": True}])
+    start = time.monotonic()
+    wait_status(src, "source", ("completed",), 300)
+    wait_status(dst, "target", ("completed",), 60)
+    took = time.monotonic() - start
+
+    requests = src.execute("query-migrate")["ram"]["postcopy-requests"]
+    info = dst.execute("query-migrate")
+    if "postcopy-blocktime" not in info:
+        raise AssertionError("the destination reports no "
+                             f"postcopy-blocktime: {info}")
+    blocktime = info["postcopy-blocktime"]
+    print(f"postcopy at {args.rate} MiB/s took {took:.1f} s: "
+          f"{requests} pages requested, the guest blocked "
+          f"{blocktime} ms in all")
+    if requests < args.min_requests:
+        raise AssertionError(f"only {requests} pages requested; the "
+                             "test needs the guest to fault more")
+    wait = blocktime / requests
+    if wait > args.max_wait_ms:
+        raise AssertionError(
+            f"{wait:.1f} ms of blocktime per page requested (at most "
+            f"{args.max_wait_ms} ms): requests wait for the rate "
+            "limit's window to end")
+    print(f"{wait:.2f} ms of blocktime per page requested")
+    value = guests.check_runs_intact(dst, "target", timeout=30)
+    print(f"guest memory consistent (first page holds {value})")
+    guests.check_alive()
 
 
 def main():
@@ -46,66 +71,8 @@ def main():
     ap.add_argument("--min-requests", type=int, default=20,
                     help="fewer requests than this show nothing: fail")
     args = ap.parse_args()
-
-    tmp = tempfile.mkdtemp(prefix="postcopy-rate-limit-")
-    guests = None
-    try:
-        guests = Guests(tmp)
-        src = guests.start(SRC, "source")
-        dst = guests.start(DST, "target", ["-incoming", "defer"])
-        src.execute("migrate-set-capabilities", capabilities=[
-            {"capability": "postcopy-ram", "state": True}])
-        dst.execute("migrate-set-capabilities", capabilities=[
-            {"capability": "postcopy-ram", "state": True},
-            {"capability": "postcopy-blocktime", "state": True}])
-        src.execute("migrate-set-parameters", **{
-            "max-bandwidth": 32 << 20,
-            "max-postcopy-bandwidth": args.rate << 20})
-        wait_serial(guests.serial("source"))
-
-        uri = f"tcp:127.0.0.1:{free_port()}"
-        dst.execute("migrate-incoming", uri=uri)
-        src.execute("migrate", uri=uri)
-        time.sleep(0.3)
-        src.execute("migrate-start-postcopy")
-        wait_status(src, "source", ("postcopy-active",), 30)
-        start = time.monotonic()
-        wait_status(src, "source", ("completed",), 300)
-        wait_status(dst, "target", ("completed",), 60)
-        took = time.monotonic() - start
-
-        requests = src.execute("query-migrate")["ram"]["postcopy-requests"]
-        info = dst.execute("query-migrate")
-        if "postcopy-blocktime" not in info:
-            raise AssertionError("the destination reports no "
-                                 f"postcopy-blocktime: {info}")
-        blocktime = info["postcopy-blocktime"]
-        print(f"postcopy at {args.rate} MiB/s took {took:.1f} s: "
-              f"{requests} pages requested, the guest blocked "
-              f"{blocktime} ms in all")
-        if requests < args.min_requests:
-            raise AssertionError(f"only {requests} pages requested; the "
-                                 "test needs the guest to fault more")
-        wait = blocktime / requests
-        if wait > args.max_wait_ms:
-            raise AssertionError(
-                f"{wait:.1f} ms of blocktime per page requested (at most "
-                f"{args.max_wait_ms} ms): requests wait for the rate "
-                "limit's window to end")
-        print(f"{wait:.2f} ms of blocktime per page requested")
-        value = guests.check_runs_intact(dst, "target", timeout=30)
-        print(f"guest memory consistent (first page holds {value})")
-        guests.check_alive()
-    except (AssertionError, QmpError, OSError) as e:
-        print(f"FAIL: {e}")
-        if guests:
-            print(guests.logs())
-        return 1
-    finally:
-        if guests:
-            guests.stop_all()
-        subprocess.run(["rm", "-rf", tmp])
-    return 0
+    return run_guests_test("postcopy-rate-limit-",
+                           lambda guests: migrate(guests, args))
 
 
 if __name__ == "__main__":

@@ -39,14 +39,11 @@ migration's once it has completed (none is left behind by a recovery).
 import argparse
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 
-from bootguest import (DST, SRC, Guests, Relay, socket_fds, status,
+from bootguest import (DST, SRC, Relay, run_guests_test, socket_fds, status,
                        wait_serial, wait_status)
-from qmplib import QmpError
 
 
 def check_ram_advice(pid):
@@ -180,6 +177,104 @@ def check_no_socket_left(pid, before):
     print("the source holds no socket of the migration's")
 
 
+def migrate(guests, args):
+    tmp = guests.tmp
+
+    def start(binary, name, extra):
+        if args.hugetlb:
+            extra = ["-object", "memory-backend-memfd,id=ram,size=150M,"
+                     "hugetlb=on,hugetlbsize=2M",
+                     "-machine", "memory-backend=ram"] + extra
+        return guests.start(binary, name, extra)
+
+    src = start(SRC, "source", [])
+    trace = os.path.join(tmp, "target.trace")
+    dst = start(DST, "target", ["-incoming", "defer"] + (
+        ["-trace", "enable=postcopy_page_req_add", "-D", trace]
+        if args.expect_runs else []))
+    caps = [{"capability": "postcopy-ram", "state": True}]
+    if args.preempt:
+        caps.append({"capability": "postcopy-preempt", "state": True})
+    for q in (src, dst):
+        q.execute("migrate-set-capabilities", capabilities=caps)
+    if args.release_ram:
+        src.execute("migrate-set-capabilities", capabilities=[
+            {"capability": "release-ram", "state": True}])
+    # Slow enough that postcopy is still going when the link drops.
+    src.execute("migrate-set-parameters", **{
+        "max-bandwidth": 64 << 20, "max-postcopy-bandwidth": 8 << 20,
+        "downtime-limit": 1})
+
+    wait_serial(guests.serial("source"))
+    src_pid = guests.procs["source"].pid
+    src_sockets = socket_fds(src_pid)
+    dst_path = os.path.join(tmp, "dst-0.sock")
+    dst.execute("migrate-incoming", uri="unix:" + dst_path)
+    # Requested pages bypass max-postcopy-bandwidth (as they must), and
+    # they are many: the guest writes its pages in order and asks for
+    # runs of them (fault-around), or for 2 MiB pages one after
+    # another; so the link itself is slow.
+    rate = 24 << 20
+    relay = Relay(os.path.join(tmp, "relay-0.sock"), dst_path, rate=rate)
+    src.execute("migrate", uri="unix:" + os.path.join(tmp, "relay-0.sock"))
+    time.sleep(1.0)
+    src.execute("migrate-start-postcopy")
+    wait_status(src, "source", ("postcopy-active",), 30)
+    wait_status(dst, "target", ("postcopy-active",), 30)
+    if not args.cuts:
+        src.execute("migrate-set-parameters",
+                    **{"max-postcopy-bandwidth": 0})
+
+    for cut in range(1, args.cuts + 1):
+        time.sleep(1.0)
+        st = status(src)
+        if st != "postcopy-active":
+            raise AssertionError(f"cut {cut}: the source is {st} before "
+                                 "the cut; the test needs postcopy "
+                                 "to last longer")
+        sent = relay.bytes
+        relay.cut()
+        wait_status(src, "source", ("postcopy-paused",), 30)
+        wait_status(dst, "target", ("postcopy-paused",), 30)
+        print(f"cut {cut}: both sides paused after {sent} bytes relayed")
+
+        if cut == 1 and args.fail_recovery:
+            fail_recovery(src, dst, tmp, args.fail_recovery)
+
+        dst_path = os.path.join(tmp, f"dst-{cut}.sock")
+        relay_path = os.path.join(tmp, f"relay-{cut}.sock")
+        # The destination moves to postcopy-recover when the source
+        # connects, not before.
+        dst.execute("migrate-recover", uri="unix:" + dst_path)
+        relay = Relay(relay_path, dst_path,
+                      rate=rate if cut < args.cuts else None)
+        if cut == args.cuts:
+            # The last leg may run at full speed.
+            src.execute("migrate-set-parameters",
+                        **{"max-postcopy-bandwidth": 0})
+        src.execute("migrate", uri="unix:" + relay_path, resume=True)
+        if cut < args.cuts:
+            wait_status(src, "source", ("postcopy-active",), 30)
+            wait_status(dst, "target", ("postcopy-active",), 30)
+            print(f"cut {cut}: recovered")
+
+    wait_status(src, "source", ("completed",), 120)
+    wait_status(dst, "target", ("completed",), 120)
+    run = dst.execute("query-status")
+    if run.get("status") != "running":
+        raise AssertionError(f"the guest is {run.get('status')} on the "
+                             "destination, not running")
+    value = guests.check_runs_intact(dst, "target")
+    print(f"completed after {args.cuts} cut(s); guest memory consistent "
+          f"(first page holds {value})")
+    check_no_socket_left(src_pid, src_sockets)
+    if args.expect_runs:
+        check_runs_asked(trace)
+    if not args.hugetlb:
+        check_ram_advice(guests.procs["target"].pid)
+    guests.check_alive()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cuts", type=int, default=1)
@@ -200,119 +295,16 @@ def main():
         ap.error("--fail-recovery preempt needs --preempt")
     hugepages = Hugepages(160) if args.hugetlb else None
 
-    tmp = tempfile.mkdtemp(prefix="postcopy-relay-")
-    guests = None
     try:
-        guests = Guests(tmp)
-
-        def start(binary, name, extra):
-            if args.hugetlb:
-                extra = ["-object", "memory-backend-memfd,id=ram,size=150M,"
-                         "hugetlb=on,hugetlbsize=2M",
-                         "-machine", "memory-backend=ram"] + extra
-            return guests.start(binary, name, extra)
-
-        src = start(SRC, "source", [])
-        trace = os.path.join(tmp, "target.trace")
-        dst = start(DST, "target", ["-incoming", "defer"] + (
-            ["-trace", "enable=postcopy_page_req_add", "-D", trace]
-            if args.expect_runs else []))
-        caps = [{"capability": "postcopy-ram", "state": True}]
-        if args.preempt:
-            caps.append({"capability": "postcopy-preempt", "state": True})
-        for q in (src, dst):
-            q.execute("migrate-set-capabilities", capabilities=caps)
-        if args.release_ram:
-            src.execute("migrate-set-capabilities", capabilities=[
-                {"capability": "release-ram", "state": True}])
-        # Slow enough that postcopy is still going when the link drops.
-        src.execute("migrate-set-parameters", **{
-            "max-bandwidth": 64 << 20, "max-postcopy-bandwidth": 8 << 20,
-            "downtime-limit": 1})
-
-        wait_serial(guests.serial("source"))
-        src_pid = guests.procs["source"].pid
-        src_sockets = socket_fds(src_pid)
-        dst_path = os.path.join(tmp, "dst-0.sock")
-        dst.execute("migrate-incoming", uri="unix:" + dst_path)
-        # Requested pages bypass max-postcopy-bandwidth (as they must), and
-        # they are many: the guest writes its pages in order and asks for
-        # runs of them (fault-around), or for 2 MiB pages one after
-        # another; so the link itself is slow.
-        rate = 24 << 20
-        relay = Relay(os.path.join(tmp, "relay-0.sock"), dst_path, rate=rate)
-        src.execute("migrate", uri="unix:" + os.path.join(tmp, "relay-0.sock"))
-        time.sleep(1.0)
-        src.execute("migrate-start-postcopy")
-        wait_status(src, "source", ("postcopy-active",), 30)
-        wait_status(dst, "target", ("postcopy-active",), 30)
-        if not args.cuts:
-            src.execute("migrate-set-parameters",
-                        **{"max-postcopy-bandwidth": 0})
-
-        for cut in range(1, args.cuts + 1):
-            time.sleep(1.0)
-            st = status(src)
-            if st != "postcopy-active":
-                raise AssertionError(f"cut {cut}: the source is {st} before "
-                                     "the cut; the test needs postcopy "
-                                     "to last longer")
-            sent = relay.bytes
-            relay.cut()
-            wait_status(src, "source", ("postcopy-paused",), 30)
-            wait_status(dst, "target", ("postcopy-paused",), 30)
-            print(f"cut {cut}: both sides paused after {sent} bytes relayed")
-
-            if cut == 1 and args.fail_recovery:
-                fail_recovery(src, dst, tmp, args.fail_recovery)
-
-            dst_path = os.path.join(tmp, f"dst-{cut}.sock")
-            relay_path = os.path.join(tmp, f"relay-{cut}.sock")
-            # The destination moves to postcopy-recover when the source
-            # connects, not before.
-            dst.execute("migrate-recover", uri="unix:" + dst_path)
-            relay = Relay(relay_path, dst_path,
-                          rate=rate if cut < args.cuts else None)
-            if cut == args.cuts:
-                # The last leg may run at full speed.
-                src.execute("migrate-set-parameters",
-                            **{"max-postcopy-bandwidth": 0})
-            src.execute("migrate", uri="unix:" + relay_path, resume=True)
-            if cut < args.cuts:
-                wait_status(src, "source", ("postcopy-active",), 30)
-                wait_status(dst, "target", ("postcopy-active",), 30)
-                print(f"cut {cut}: recovered")
-
-        wait_status(src, "source", ("completed",), 120)
-        wait_status(dst, "target", ("completed",), 120)
-        run = dst.execute("query-status")
-        if run.get("status") != "running":
-            raise AssertionError(f"the guest is {run.get('status')} on the "
-                                 "destination, not running")
-        value = guests.check_runs_intact(dst, "target")
-        print(f"completed after {args.cuts} cut(s); guest memory consistent "
-              f"(first page holds {value})")
-        check_no_socket_left(src_pid, src_sockets)
-        if args.expect_runs:
-            check_runs_asked(trace)
-        if not args.hugetlb:
-            check_ram_advice(guests.procs["target"].pid)
-        guests.check_alive()
+        return run_guests_test("postcopy-relay-",
+                               lambda guests: migrate(guests, args),
+                               passthrough=NoRunAsked)
     except NoRunAsked as e:
         print(f"FAIL: {e}")
         return NO_RUN_ASKED
-    except (AssertionError, QmpError, OSError) as e:
-        print(f"FAIL: {e}")
-        if guests:
-            print(guests.logs())
-        return 1
     finally:
-        if guests:
-            guests.stop_all()
-        subprocess.run(["rm", "-rf", tmp])
         if hugepages:
             hugepages.restore()
-    return 0
 
 
 def run(attempts=3):
