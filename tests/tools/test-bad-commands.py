@@ -5,16 +5,16 @@ Each case writes a migration stream (header, then command sections) to a
 file and starts $OURS with `-incoming exec:cat FILE`.  A malformed command
 must fail the incoming migration with an error that names what was wrong,
 and QEMU must exit by itself with status 1, never by a signal (a crash or
-an abort).  A well-formed stream is the control: it must load and leave
-QEMU running with the migration completed.
+an abort).  Well-formed streams must load and leave QEMU running with the
+migration completed: the control, and a RAM block that grows after
+ADVISE (its new pages discarded) without an error.
 
---case TEXT runs only the cases whose name contains TEXT (and the
-control): the form a stable fix names to show that stock 7.2 fails a
-case and the fix passes it.
+--case TEXT runs only the malformed cases whose name contains TEXT (and
+the well-formed streams): the form a stable fix names to show that stock
+7.2 fails a case and the fix passes it.
 """
 
 import argparse
-
 import os
 import struct
 import subprocess
@@ -118,6 +118,39 @@ BAD = [
 ]
 
 
+SECTION_START = 0x01
+SECTION_FOOTER = 0x7e
+RAM_SAVE_FLAG_MEM_SIZE = 0x04
+RAM_SAVE_FLAG_EOS = 0x10
+
+
+def ram_sizes(blocks, section_id=1):
+    """A "ram" section that only gives RAM block sizes (the start of
+    every RAM stream): [(name, bytes)]."""
+    body = struct.pack(">Q", sum(n for _, n in blocks) |
+                       RAM_SAVE_FLAG_MEM_SIZE)
+    for name, size in blocks:
+        body += bytes([len(name)]) + name + struct.pack(">Q", size)
+    body += struct.pack(">Q", RAM_SAVE_FLAG_EOS)
+    return (bytes([SECTION_START]) + struct.pack(">I", section_id) +
+            bytes([3]) + b"ram" + struct.pack(">II", 0, 4) + body +
+            bytes([SECTION_FOOTER]) + struct.pack(">I", section_id))
+
+
+# Well-formed streams: each must load, QEMU staying up, with none of the
+# text given on its stderr.  Name, stream, options, text.
+GOOD = [
+    ("control: a well-formed stream loads",
+     ADVISE_NO_RAM + bytes([SECTION_EOF]), (), None),
+    # The ACPI tables' block is resizable (0x20000 bytes used of 0x200000
+    # here): growing it after ADVISE discards its new pages, a range past
+    # the used length that the resize notifiers see before it changes
+    ("a RAM block grown after ADVISE",
+     ADVISE_RAM + ram_sizes([(b"/rom@etc/acpi/tables", 0x40000)]) +
+     bytes([SECTION_EOF]), WITH_RAM, "discard of resized RAM failed"),
+]
+
+
 def start(tmp, stream, extra=(), hold=0):
     path = os.path.join(tmp, "stream")
     with open(path, "wb") as f:
@@ -165,26 +198,31 @@ def main():
             else:
                 print(f"ok   {name}: {err.strip().splitlines()[0]}")
 
-        # The control: well-formed commands load and QEMU stays up.
-        proc, qmp_path = start(tmp, ADVISE_NO_RAM + bytes([SECTION_EOF]))
-        try:
-            qmp = Qmp(qmp_path)
-            status = None
-            for _ in range(100):
-                status = qmp.execute("query-migrate").get("status")
-                if status in ("completed", "failed"):
-                    break
-                time.sleep(0.1)
-            if status != "completed" or proc.poll() is not None:
-                print(f"FAIL control: status {status}, "
-                      f"exit {proc.poll()}")
+        # Well-formed streams load and QEMU stays up.
+        for name, stream, extra, bad_text in GOOD:
+            proc, qmp_path = start(tmp, stream, extra)
+            try:
+                qmp = Qmp(qmp_path)
+                status = None
+                for _ in range(100):
+                    status = qmp.execute("query-migrate").get("status")
+                    if status in ("completed", "failed"):
+                        break
+                    time.sleep(0.1)
+                alive = proc.poll() is None
+            finally:
+                proc.kill()
+                _, err = proc.communicate()
+            if status != "completed" or not alive:
+                print(f"FAIL {name}: status {status}, "
+                      f"exit {proc.returncode}\n{err}")
+                failures += 1
+            elif bad_text and bad_text in err:
+                print(f"FAIL {name}: '{bad_text}' in\n{err}")
                 failures += 1
             else:
-                print("ok   control: a well-formed stream loads")
-        finally:
-            proc.kill()
-            proc.communicate()
-    print(f"{len(cases) + 1 - failures} passed, {failures} failed")
+                print(f"ok   {name}")
+    print(f"{len(cases) + len(GOOD) - failures} passed, {failures} failed")
     return 1 if failures else 0
 
 
