@@ -21,7 +21,10 @@ if [ ! -f "$OBJ/build.ninja" ] || [ "$(cat "$OBJ/.configure-args" 2>/dev/null)" 
     echo "$want" >"$OBJ/.configure-args"
 fi
 
-targets=(qemu-system-x86_64 tests/qtest/migration-test)
+# vhost-user-blk (contrib, with --enable-tools) is the vhost-user test's
+# back end
+targets=(qemu-system-x86_64 tests/qtest/migration-test
+         contrib/vhost-user-blk/vhost-user-blk)
 # Unit tests the series adds are listed, one ninja target a line.
 if [ -f "$TOP/tests/unit-targets" ]; then
     while read -r t; do

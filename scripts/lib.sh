@@ -15,7 +15,7 @@ FIRMWARE=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
 QEMU_CONFIGURE_ARGS=(
     --target-list=x86_64-softmmu
     --firmwarepath="$FIRMWARE"
-    --disable-docs --disable-user --disable-tools --disable-guest-agent
+    --disable-docs --disable-user --enable-tools --disable-guest-agent
     --enable-kvm --enable-tcg --enable-gnutls --enable-slirp
     --disable-sdl --disable-gtk --disable-vnc --disable-spice --disable-opengl
     --disable-xen --disable-capstone --enable-werror

@@ -37,8 +37,14 @@ dpkg-deb -x "$(ls "$G/dl/${kernel_pkg}_"*.deb | sed -n 1p)" "$G/kernel"
 cp "$(ls "$G"/kernel/boot/vmlinuz-* | sed -n 1p)" "$out_kernel"
 dpkg-deb -x "$(ls "$G"/dl/busybox-static_*.deb | sed -n 1p)" "$G/busybox"
 
-mkdir -p "$G/root"/{bin,dev,proc,sys}
+mkdir -p "$G/root"/{bin,dev,proc,sys,lib/modules}
 cp "$G/busybox/bin/busybox" "$G/root/bin/busybox"
+# virtio-blk for the vhost-user test (wl.blk=N); Debian builds it as modules
+for m in virtio/virtio_ring virtio/virtio virtio/virtio_pci_legacy_dev \
+         virtio/virtio_pci_modern_dev virtio/virtio_pci block/virtio_blk; do
+    cp "$(ls -d "$G"/kernel/lib/modules/*/kernel/drivers | sed -n 1p)/$m.ko" \
+       "$G/root/lib/modules/"
+done
 gcc -O2 -static -pthread -Wall -Wextra -Werror -o "$G/root/bin/workload" "$TOP/guest/workload.c"
 install -m 755 "$TOP/guest/init" "$G/root/init"
 python3 "$TOP/guest/mkinitramfs.py" "$G/root" "$out_initrd.tmp"
