@@ -144,12 +144,16 @@ def fail_recovery(src, dst, tmp, how):
     print(f"recovery failed by {how}: both sides paused again")
 
 
-class NoRunAsked(AssertionError):
-    """The migration went well but asked for no run: nothing was shown."""
+class NothingShown(AssertionError):
+    """The migration went well but did not do what the test is about."""
+
+
+class NoRunAsked(NothingShown):
+    """It asked for no run of pages."""
 
 
 # main()'s exit code when that is its only failure
-NO_RUN_ASKED = 3
+NOTHING_SHOWN = 3
 
 
 def check_runs_asked(trace):
@@ -228,10 +232,12 @@ def migrate(guests, args):
     for cut in range(1, args.cuts + 1):
         time.sleep(1.0)
         st = status(src)
+        if st == "completed":
+            raise NothingShown(f"cut {cut}: the migration completed before "
+                               "the cut")
         if st != "postcopy-active":
             raise AssertionError(f"cut {cut}: the source is {st} before "
-                                 "the cut; the test needs postcopy "
-                                 "to last longer")
+                                 "the cut")
         sent = relay.bytes
         relay.cut()
         wait_status(src, "source", ("postcopy-paused",), 30)
@@ -298,10 +304,10 @@ def main():
     try:
         return run_guests_test("postcopy-relay-",
                                lambda guests: migrate(guests, args),
-                               passthrough=NoRunAsked)
-    except NoRunAsked as e:
+                               passthrough=NothingShown)
+    except NothingShown as e:
         print(f"FAIL: {e}")
-        return NO_RUN_ASKED
+        return NOTHING_SHOWN
     finally:
         if hugepages:
             hugepages.restore()
@@ -309,13 +315,16 @@ def main():
 
 def run(attempts=3):
     """A migration that asked for no run (a few dozen faults, none next to
-    the one before: a stock source's stream often gets there first) shows
-    nothing either way; try it again, up to @attempts in all."""
+    the one before: a stock source's stream often gets there first), or
+    that completed before its first cut (about 1 in 20 with one cut here:
+    the guest's runs of faults pull its pages faster than the relay's
+    rate suggests), shows nothing either way; try it again, up to
+    @attempts in all."""
     for attempt in range(1, attempts + 1):
         rc = main()
-        if rc != NO_RUN_ASKED:
+        if rc != NOTHING_SHOWN:
             return rc
-        print(f"attempt {attempt} of {attempts} asked for no run of pages")
+        print(f"attempt {attempt} of {attempts} showed nothing")
     return 1
 
 

@@ -12,20 +12,24 @@ faults on the guest pages it writes; the destination's fault thread asks
 the source for them and wakes the back end when they are placed.
 
 A back end that goes away leaves the clients' list while the fault thread
-runs (vhost_user_backend_cleanup() on the main thread).  With
---kill-backend (the default) the test kills the destination's first back
-end with SIGKILL early in postcopy, once the fault thread runs with both
-clients, and the other keeps faulting.  It passes when:
+runs (vhost_user_backend_cleanup() on the main thread).  Unless told
+--no-kill-backend, the test kills the destination's first back end with
+SIGKILL early in postcopy, once the destination has served some of the
+back ends' faults, and the other keeps faulting.  It passes when:
+- both back ends were given their memory in postcopy and the destination
+  served their faults (vhost-user's trace, which stock 7.2 has too);
 - the migration completes and the destination still answers QMP;
-- the destination's fault thread served both clients' faults before the
-  kill, saw the list shrink to one while it ran, and served the
-  remaining back end after that (its trace);
+- after the kill the fault thread's list shrank to one (the series'
+  trace) and the remaining back end's faults were served after that;
 - the surviving disk keeps being read on the destination after the
   migration (its "BLK vdb N" count grows) and the workload, which checks
   every page it reads, reports no corruption.
 
-Stock 7.2 takes the list's length and positions once at the fault
-thread's start, so a client that leaves shifts them.
+The disks hold data and exceed what the guest can cache, so the device
+keeps writing pages the source has not sent yet (zero pages cost the
+source almost nothing: a cache of zeros is on the destination before
+the switch).  Stock 7.2 takes the list's length and positions once at
+its fault thread's start, so a client that leaves shifts them.
 
   test-postcopy-vhost-user.py [--src BIN] [--dst BIN] [--no-kill-backend]
 
@@ -57,7 +61,8 @@ DISKS = ("a", "b")
 DISK_BYTES = 256 << 20
 # vhost-user's own events, which stock 7.2 has too, and the series' event
 # for the fault thread's view of the clients' list
-TRACE = ("vhost_user_postcopy_fault_handler", "vhost_user_set_mem_table_postcopy",
+TRACE = ("vhost_user_postcopy_fault_handler",
+         "vhost_user_set_mem_table_postcopy",
          "postcopy_fault_thread_clients")
 
 
@@ -75,9 +80,10 @@ def guest_args(a):
         tcg_single=False, trace=None)
 
 
-def start_backends(workdir, side, procs):
-    """A read-only vhost-user-blk back end a disk; returns QEMU's options."""
-    opts = ["-object", "memory-backend-memfd,id=ram,size=%s,share=on",
+def start_backends(workdir, side, procs, ram):
+    """A read-only vhost-user-blk back end a disk; returns QEMU's options:
+    RAM of @ram in a shared memfd, which the back ends map, and the disks"""
+    opts = ["-object", f"memory-backend-memfd,id=ram,size={ram},share=on",
             "-machine", "memory-backend=ram"]
     for d in DISKS:
         sock = os.path.join(workdir, f"{side}-{d}.sock")
@@ -145,16 +151,14 @@ def run(a, workdir):
     m = demo.Migration(guest_args(a), workdir)
     trace = os.path.join(workdir, "destination.trace")
     try:
-        src_opts = start_backends(workdir, "source", backends)
-        src_opts[1] %= a.ram
+        src_opts = start_backends(workdir, "source", backends, a.ram)
         src, src_serial = m.start("source", a.src, src_opts)
         demo.wait_ready(m, src_serial, a.boot_timeout)
         wait_for("both disks read on the source",
                  lambda: all(blk_count(src_serial, f"vd{d}") >= 20
                              for d in DISKS), 60)
 
-        dst_opts = start_backends(workdir, "destination", backends)
-        dst_opts[1] %= a.ram
+        dst_opts = start_backends(workdir, "destination", backends, a.ram)
         dst_opts += ["-incoming", "defer", "-msg", "timestamp=on",
                      "-D", trace]
         for event in TRACE:
@@ -206,11 +210,8 @@ def run(a, workdir):
             backends["destination-a"].wait()
             print("killed the destination's back end of disk a", flush=True)
 
-        seen = set()
-
         def migrated():
             st = src.execute("query-migrate")["status"]
-            seen.add(st)
             if st in ("failed", "cancelled", "postcopy-paused"):
                 raise Failure(f"the source's migration is {st}")
             return st == "completed"
