@@ -28,9 +28,16 @@ second recovery must complete the migration.
 connection gets through but the preempt channel's is refused; both sides
 must go back to postcopy-paused as above.
 
+--two-blocks: guest RAM in two RAM blocks of 40 and 110 MiB (two NUMA
+nodes' memory backends), which the guest's writes cross: the destination
+must ask for pages of both after the first recovery, whose resume asks
+again for every page still requested while the fault thread goes on
+asking for new ones (both name blocks on one return path).
+
 --expect-runs: the destination must have asked for runs of pages
-(fault-around); a migration that asked for none, which shows nothing, is
-tried again, up to 3 in all.
+(fault-around).  A migration that showed nothing (it asked for no run
+where runs are expected, or it completed before a cut) is tried again,
+up to 3 in all.
 
 Each form ends by checking that the source holds no socket of the
 migration's once it has completed (none is left behind by a recovery).
@@ -169,6 +176,24 @@ def check_runs_asked(trace):
           f"{max(runs) // 4096} pages")
 
 
+# Sizes the guest's writes (1 MiB up to 100 MiB) cross, unequal so that
+# a request naming the wrong one can point past the smaller one's end
+TWO_BLOCKS = {"m0": "40M", "m1": "110M"}
+
+
+def check_two_blocks_asked(trace, mark):
+    """After the first recovery's resume (at @mark in @trace) the
+    destination must have asked for pages of both blocks."""
+    asked = set(re.findall(r"postcopy_page_req_add ask for (\S+) ",
+                           open(trace).read()[mark:]))
+    missing = [b for b in TWO_BLOCKS if b not in asked]
+    if missing:
+        raise AssertionError(f"after the first recovery no page of "
+                             f"{', '.join(missing)} was asked for "
+                             f"(asked: {', '.join(sorted(asked))})")
+    print("pages of both blocks asked for after the first recovery")
+
+
 def check_no_socket_left(pid, before):
     """Cleanup after completion runs in the source's main loop: allow it a
     moment, then the migration's sockets must all be closed."""
@@ -189,13 +214,19 @@ def migrate(guests, args):
             extra = ["-object", "memory-backend-memfd,id=ram,size=150M,"
                      "hugetlb=on,hugetlbsize=2M",
                      "-machine", "memory-backend=ram"] + extra
+        if args.two_blocks:
+            for block, size in reversed(TWO_BLOCKS.items()):
+                extra = ["-object", f"memory-backend-ram,id={block},"
+                         f"size={size}", "-numa",
+                         f"node,memdev={block}"] + extra
         return guests.start(binary, name, extra)
 
     src = start(SRC, "source", [])
     trace = os.path.join(tmp, "target.trace")
     dst = start(DST, "target", ["-incoming", "defer"] + (
         ["-trace", "enable=postcopy_page_req_add", "-D", trace]
-        if args.expect_runs else []))
+        if args.expect_runs or args.two_blocks else []))
+    resumes = []
     caps = [{"capability": "postcopy-ram", "state": True}]
     if args.preempt:
         caps.append({"capability": "postcopy-preempt", "state": True})
@@ -258,6 +289,8 @@ def migrate(guests, args):
             # The last leg may run at full speed.
             src.execute("migrate-set-parameters",
                         **{"max-postcopy-bandwidth": 0})
+        if args.two_blocks:
+            resumes.append(os.path.getsize(trace))
         src.execute("migrate", uri="unix:" + relay_path, resume=True)
         if cut < args.cuts:
             wait_status(src, "source", ("postcopy-active",), 30)
@@ -276,7 +309,9 @@ def migrate(guests, args):
     check_no_socket_left(src_pid, src_sockets)
     if args.expect_runs:
         check_runs_asked(trace)
-    if not args.hugetlb:
+    if args.two_blocks:
+        check_two_blocks_asked(trace, resumes[0])
+    if not args.hugetlb and not args.two_blocks:
         check_ram_advice(guests.procs["target"].pid)
     guests.check_alive()
 
@@ -292,6 +327,8 @@ def main():
                     "recovery is refused with it)")
     ap.add_argument("--hugetlb", action="store_true",
                     help="guest RAM on 2 MiB hugetlbfs pages")
+    ap.add_argument("--two-blocks", action="store_true",
+                    help="guest RAM in two RAM blocks, both written")
     ap.add_argument("--expect-runs", action="store_true",
                     help="the destination must have asked for runs of "
                     "pages (fault-around: the guest writes its pages in "
@@ -299,6 +336,8 @@ def main():
     args = ap.parse_args()
     if args.fail_recovery == "preempt" and not args.preempt:
         ap.error("--fail-recovery preempt needs --preempt")
+    if args.two_blocks and not args.cuts:
+        ap.error("--two-blocks needs a cut")
     hugepages = Hugepages(160) if args.hugetlb else None
 
     try:
