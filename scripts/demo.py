@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -274,10 +275,10 @@ class Migration:
             raise RuntimeError(f"the {name} QEMU did not open its QMP socket: "
                                + self.log_tail(name)) from None
 
-    def log_tail(self, name):
+    def log_tail(self, name, lines=3):
         try:
             with open(os.path.join(self.workdir, name + ".log")) as f:
-                return " | ".join(f.read().strip().splitlines()[-3:])
+                return " | ".join(f.read().strip().splitlines()[-lines:])
         except OSError:
             return "(no log)"
 
@@ -296,6 +297,27 @@ class Migration:
                     p.wait()
         finally:
             signal.signal(signal.SIGINT, old)
+
+
+def run_guest_test(prefix, args, body):
+    """body(m) with a Migration of @args in a fresh temporary directory:
+    its return code, or on an AssertionError (a check) or a RuntimeError
+    (this module's, as a guest that does not start) 1, printed with the
+    last lines of both QEMUs' logs, the directory kept.  Every QEMU
+    stops."""
+    m = Migration(args, tempfile.mkdtemp(prefix=prefix))
+    try:
+        rc = body(m)
+    except (AssertionError, RuntimeError) as e:
+        print(f"FAIL: {e}")
+        for name in ("source", "destination"):
+            print(f"--- {name} log: {m.log_tail(name, 5)}")
+        print(f"(kept in {m.workdir})")
+        return 1
+    finally:
+        m.stop()
+    shutil.rmtree(m.workdir, ignore_errors=True)
+    return rc
 
 
 def wait_ready(m, serial, deadline_s):

@@ -29,9 +29,7 @@ guest is not made.
 import argparse
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 import types
 
@@ -69,84 +67,81 @@ def corruption(serial):
             if "CORRUPTION" in line or "WL ERROR" in line]
 
 
-def run(a, workdir):
-    m = demo.Migration(guest_args(a), workdir)
-    try:
-        src, src_serial = m.start("source", a.src, numa_opts())
-        demo.wait_ready(m, src_serial, a.boot_timeout)
-        time.sleep(1)
-        trace = os.path.join(workdir, "destination.trace")
-        dst, dst_serial = m.start("destination", a.dst, numa_opts() + [
-            "-incoming", "defer", "-trace", "enable=postcopy_page_req_add",
-            "-D", trace])
-        for q in (src, dst):
-            q.execute("migrate-set-capabilities", capabilities=[
-                {"capability": "postcopy-ram", "state": True}])
-        src.execute("migrate-set-parameters", **{
-            "max-bandwidth": 64 << 20, "max-postcopy-bandwidth": 8 << 20,
-            "downtime-limit": 1})
-        dst_path = os.path.join(workdir, "dst-0.sock")
-        dst.execute("migrate-incoming", uri="unix:" + dst_path)
-        relay = Relay(os.path.join(workdir, "relay-0.sock"), dst_path,
-                      rate=RATE)
-        src.execute("migrate",
-                    uri="unix:" + os.path.join(workdir, "relay-0.sock"))
-        time.sleep(1.0)
-        src.execute("migrate-start-postcopy")
-        wait_status(src, "source", ("postcopy-active",), 30)
-        wait_status(dst, "destination", ("postcopy-active",), 30)
-        for cut in range(1, a.cuts + 1):
-            time.sleep(a.between)
-            st = status(src)
-            if st != "postcopy-active":
-                raise AssertionError(f"cut {cut}: the source is {st} "
-                                     "before the cut")
-            relay.cut()
-            wait_status(src, "source", ("postcopy-paused",), 30)
-            wait_status(dst, "destination", ("postcopy-paused",), 30)
-            dst_path = os.path.join(workdir, f"dst-{cut}.sock")
-            relay_path = os.path.join(workdir, f"relay-{cut}.sock")
-            dst.execute("migrate-recover", uri="unix:" + dst_path)
-            if cut == 1:
-                first_resume = os.path.getsize(trace)
-            last = cut == a.cuts
-            relay = Relay(relay_path, dst_path, rate=None if last else RATE)
-            if last:
-                src.execute("migrate-set-parameters",
-                            **{"max-postcopy-bandwidth": 0})
-            src.execute("migrate", uri="unix:" + relay_path, resume=True)
-            wait_status(src, "source", ("postcopy-recover", "postcopy-active",
-                                        "completed"), 30)
-            # Paused again without a cut: the source refused something
-            wait_status(src, "source",
-                        ("postcopy-active", "completed"), 30,
-                        fail=("failed", "cancelled", "postcopy-paused"))
-            print(f"cut {cut}: recovered", flush=True)
-        wait_status(src, "source", ("completed",), a.timeout,
+def run(a, m):
+    workdir = m.workdir
+    src, src_serial = m.start("source", a.src, numa_opts())
+    demo.wait_ready(m, src_serial, a.boot_timeout)
+    time.sleep(1)
+    trace = os.path.join(workdir, "destination.trace")
+    dst, dst_serial = m.start("destination", a.dst, numa_opts() + [
+        "-incoming", "defer", "-trace", "enable=postcopy_page_req_add",
+        "-D", trace])
+    for q in (src, dst):
+        q.execute("migrate-set-capabilities", capabilities=[
+            {"capability": "postcopy-ram", "state": True}])
+    src.execute("migrate-set-parameters", **{
+        "max-bandwidth": 64 << 20, "max-postcopy-bandwidth": 8 << 20,
+        "downtime-limit": 1})
+    dst_path = os.path.join(workdir, "dst-0.sock")
+    dst.execute("migrate-incoming", uri="unix:" + dst_path)
+    relay = Relay(os.path.join(workdir, "relay-0.sock"), dst_path,
+                  rate=RATE)
+    src.execute("migrate",
+                uri="unix:" + os.path.join(workdir, "relay-0.sock"))
+    time.sleep(1.0)
+    src.execute("migrate-start-postcopy")
+    wait_status(src, "source", ("postcopy-active",), 30)
+    wait_status(dst, "destination", ("postcopy-active",), 30)
+    for cut in range(1, a.cuts + 1):
+        time.sleep(a.between)
+        st = status(src)
+        if st != "postcopy-active":
+            raise AssertionError(f"cut {cut}: the source is {st} "
+                                 "before the cut")
+        relay.cut()
+        wait_status(src, "source", ("postcopy-paused",), 30)
+        wait_status(dst, "destination", ("postcopy-paused",), 30)
+        dst_path = os.path.join(workdir, f"dst-{cut}.sock")
+        relay_path = os.path.join(workdir, f"relay-{cut}.sock")
+        dst.execute("migrate-recover", uri="unix:" + dst_path)
+        if cut == 1:
+            first_resume = os.path.getsize(trace)
+        last = cut == a.cuts
+        relay = Relay(relay_path, dst_path, rate=None if last else RATE)
+        if last:
+            src.execute("migrate-set-parameters",
+                        **{"max-postcopy-bandwidth": 0})
+        src.execute("migrate", uri="unix:" + relay_path, resume=True)
+        wait_status(src, "source", ("postcopy-recover", "postcopy-active",
+                                    "completed"), 30)
+        # Paused again without a cut: the source refused something
+        wait_status(src, "source",
+                    ("postcopy-active", "completed"), 30,
                     fail=("failed", "cancelled", "postcopy-paused"))
-        wait_status(dst, "destination", ("completed",), 30)
-        with open(trace) as f:
-            asked = set(re.findall(r"postcopy_page_req_add ask for (\S+) ",
-                                   f.read()[first_resume:]))
-        if not all(b in asked for b in BLOCKS):
-            raise AssertionError("after the first recovery the destination "
-                                 "did not ask for pages of both blocks "
-                                 f"(asked: {', '.join(sorted(asked))})")
-        time.sleep(a.run)
-        bad = corruption(dst_serial)
-        if bad:
-            raise AssertionError("the guest saw corruption: " + bad[0])
-        reports = [line for _, line in dst_serial.lines
-                   if demo.WL_RE.search(line)]
-        if not reports:
-            raise AssertionError("the workload reported nothing on the "
-                                 "destination")
-        print(f"completed after {a.cuts} cut(s); the workload reported "
-              f"{len(reports)} times on the destination, no corruption",
-              flush=True)
-        return 0
-    finally:
-        m.stop()
+        print(f"cut {cut}: recovered", flush=True)
+    wait_status(src, "source", ("completed",), a.timeout,
+                fail=("failed", "cancelled", "postcopy-paused"))
+    wait_status(dst, "destination", ("completed",), 30)
+    with open(trace) as f:
+        asked = set(re.findall(r"postcopy_page_req_add ask for (\S+) ",
+                               f.read()[first_resume:]))
+    if not all(b in asked for b in BLOCKS):
+        raise AssertionError("after the first recovery the destination "
+                             "did not ask for pages of both blocks "
+                             f"(asked: {', '.join(sorted(asked))})")
+    time.sleep(a.run)
+    bad = corruption(dst_serial)
+    if bad:
+        raise AssertionError("the guest saw corruption: " + bad[0])
+    reports = [line for _, line in dst_serial.lines
+               if demo.WL_RE.search(line)]
+    if not reports:
+        raise AssertionError("the workload reported nothing on the "
+                             "destination")
+    print(f"completed after {a.cuts} cut(s); the workload reported "
+          f"{len(reports)} times on the destination, no corruption",
+          flush=True)
+    return 0
 
 
 def main():
@@ -169,22 +164,8 @@ def main():
     if not os.path.exists(os.path.join(demo.GUEST, "initrd.img")):
         print("SKIP: the demo's guest is not made (scripts/make-guest.sh)")
         return 77
-    workdir = tempfile.mkdtemp(prefix="smp-recovery-")
-    try:
-        rc = run(a, workdir)
-    except AssertionError as e:
-        print(f"FAIL: {e}")
-        for name in ("source", "destination"):
-            try:
-                with open(os.path.join(workdir, name + ".log")) as f:
-                    tail = f.read().strip().splitlines()[-4:]
-            except OSError:
-                tail = []
-            print(f"--- {name} log: " + " | ".join(tail))
-        print(f"(kept in {workdir})")
-        return 1
-    shutil.rmtree(workdir, ignore_errors=True)
-    return rc
+    return demo.run_guest_test("smp-recovery-", guest_args(a),
+                               lambda m: run(a, m))
 
 
 if __name__ == "__main__":

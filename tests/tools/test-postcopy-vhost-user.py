@@ -41,11 +41,9 @@ SRC, DST and VHOST_USER_BLK in the environment name the binaries too
 import argparse
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import types
 
@@ -66,7 +64,7 @@ TRACE = ("vhost_user_postcopy_fault_handler",
          "postcopy_fault_thread_clients")
 
 
-class Failure(Exception):
+class Failure(AssertionError):
     pass
 
 
@@ -139,7 +137,8 @@ def client_faults(lines):
                if ":vhost_user_postcopy_fault_handler " in line)
 
 
-def run(a, workdir):
+def run(a, m):
+    workdir = m.workdir
     # Data, not holes: the source sends zero pages almost for free, so a
     # page cache of zeros would be on the destination before the switch
     chunk = os.urandom(1 << 20)
@@ -148,7 +147,6 @@ def run(a, workdir):
             for _ in range(DISK_BYTES >> 20):
                 f.write(chunk)
     backends = {}
-    m = demo.Migration(guest_args(a), workdir)
     trace = os.path.join(workdir, "destination.trace")
     try:
         src_opts = start_backends(workdir, "source", backends, a.ram)
@@ -262,6 +260,7 @@ def run(a, workdir):
                               "the race was not exercised")
         return 0
     finally:
+        # The QEMUs first, so that their logs end with what went wrong
         m.stop()
         for p in backends.values():
             if p.poll() is None:
@@ -296,27 +295,8 @@ def main():
         if not os.path.exists(need):
             print(f"SKIP: {need} is not built")
             return 77
-    workdir = tempfile.mkdtemp(prefix="vhost-user-")
-    try:
-        return run(a, workdir)
-    except Failure as e:
-        print(f"FAIL: {e}")
-        for name in ("source", "destination"):
-            print(f"--- {name} log: {m_tail(workdir, name)}")
-        print(f"(logs kept in {workdir})")
-        workdir = None
-        return 1
-    finally:
-        if workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
-def m_tail(workdir, name):
-    try:
-        with open(os.path.join(workdir, name + ".log")) as f:
-            return " | ".join(f.read().strip().splitlines()[-5:])
-    except OSError:
-        return "(none)"
+    return demo.run_guest_test("vhost-user-", guest_args(a),
+                               lambda m: run(a, m))
 
 
 if __name__ == "__main__":
