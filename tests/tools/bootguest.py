@@ -325,14 +325,16 @@ def start_tcp_postcopy(guests, caps, params, dst_caps=(), delay=0.3):
     """Start a source and a destination QEMU, migrate over TCP on loopback
     with @caps on both sides (and @dst_caps on the destination) and
     @params on the source, and switch to postcopy after @delay seconds.
-    Returns (source, destination, port) with the source in
-    postcopy-active."""
+    Unless @params say otherwise, the downtime limit is 1 ms, so that
+    precopy cannot complete before the switch on a slow host.  Returns
+    (source, destination, port) with the source in postcopy-active."""
     src = guests.start(SRC, "source")
     dst = guests.start(DST, "target", ["-incoming", "defer"])
     src.execute("migrate-set-capabilities", capabilities=list(caps))
     dst.execute("migrate-set-capabilities",
                 capabilities=list(caps) + list(dst_caps))
-    src.execute("migrate-set-parameters", **params)
+    src.execute("migrate-set-parameters",
+                **dict({"downtime-limit": 1}, **params))
     wait_serial(guests.serial("source"))
     port = free_port()
     uri = f"tcp:127.0.0.1:{port}"
