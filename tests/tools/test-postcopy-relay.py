@@ -193,8 +193,8 @@ def check_two_blocks_asked(trace, mark):
     missing = [b for b in TWO_BLOCKS if b not in asked]
     if missing:
         raise OneBlockAsked(f"after the first recovery no page of "
-                             f"{', '.join(missing)} was asked for "
-                             f"(asked: {', '.join(sorted(asked))})")
+                            f"{', '.join(missing)} was asked for "
+                            f"(asked: {', '.join(sorted(asked))})")
     print("pages of both blocks asked for after the first recovery")
 
 
@@ -362,8 +362,8 @@ def run(attempts=3):
     completed before its first cut (about 1 in 20 with one cut here: the
     guest's runs of faults pull its pages faster than the relay's rate
     suggests), or that after the first recovery asked for pages of one
-    block only (the guest's writes stayed in the first block until the
-    background stream had sent the second), shows nothing either way; try
+    block only (the guest's writes stayed in one block until the
+    background stream had sent the other), shows nothing either way; try
     it again, up to @attempts in all."""
     for attempt in range(1, attempts + 1):
         rc = main()
