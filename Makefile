@@ -11,6 +11,8 @@
 #   make stable-fixes  the series' leading fixes for stock 7.2 as a quilt
 #                series with DEP-3 headers (build/stable-fixes/), each
 #                checked to apply to the base and build
+#   make stable-fix-tests  each fix's test against the base with the
+#                fixes before it (must fail) and with it (must pass)
 #   make demo    set up what is missing, migrate a running Linux guest with
 #                postcopy and print a summary (docs/testing.md)
 #   make bench   the demo's migration with ours and with stock 7.2, N times
@@ -30,7 +32,7 @@ DEMO_ARGS ?=
 BENCH_N ?= 3
 BENCH_ARGS ?=
 
-.PHONY: all setup base tree export build checkpatch check-series stable-fixes guest test check demo bench clean
+.PHONY: all setup base tree export build checkpatch check-series stable-fixes stable-fix-tests guest test check demo bench clean
 
 all: build
 
@@ -61,6 +63,9 @@ check-series:
 
 stable-fixes:
 	@bash scripts/stable-fixes.sh
+
+stable-fix-tests:
+	@bash scripts/stable-fix-tests.sh
 
 test:
 	@python3 tests/run-migration-tests.py \

@@ -45,11 +45,5 @@ if ! ninja -C "$OBJ" "${targets[@]}" >"$BUILD/build.log" 2>&1; then
     fi
     die "build failed (log: $BUILD/build.log)"
 fi
-# A build-tree binary relocates the firmware path into $OBJ/qemu-bundle
-# (see get_relocated_path()); point the relocated directories at Debian's.
-IFS=: read -r -a fwdirs <<<"$FIRMWARE"
-for d in "${fwdirs[@]}"; do
-    mkdir -p "$OBJ/qemu-bundle$(dirname "$d")"
-    ln -sfn "$d" "$OBJ/qemu-bundle$d"
-done
+link_firmware "$OBJ"
 say "built: $OBJ/qemu-system-x86_64"

@@ -21,6 +21,17 @@ QEMU_CONFIGURE_ARGS=(
     --disable-xen --disable-capstone --enable-werror
 )
 
+# A build-tree binary relocates the firmware path into OBJ/qemu-bundle
+# (see get_relocated_path()); point the relocated directories at Debian's.
+link_firmware() {
+    local obj=$1 d fwdirs
+    IFS=: read -r -a fwdirs <<<"$FIRMWARE"
+    for d in "${fwdirs[@]}"; do
+        mkdir -p "$obj/qemu-bundle$(dirname "$d")"
+        ln -sfn "$d" "$obj/qemu-bundle$d"
+    done
+}
+
 say()  { printf '==> %s\n' "$*"; }
 warn() { printf '\n!!! WARNING: %s\n\n' "$*" >&2; }
 die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }

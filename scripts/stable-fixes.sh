@@ -10,6 +10,9 @@
 #     first N commits (nothing else came with them);
 #   - unless --no-build, the base builds with each one applied in turn
 #     (a worktree of the base and its own build directory, build/stable/).
+#     Each step's binaries are kept as build/stable/obj/qemu-stable-N and
+#     vhost-user-blk-stable-N (0: the base, N: the base with fixes 1-N),
+#     for scripts/stable-fix-tests.sh.
 # A patch marked for stable after one that is not is an error: the fixes
 # must come first.
 #   scripts/stable-fixes.sh [--no-build]
@@ -99,22 +102,34 @@ git -C "$TREE" worktree remove --force "$check"
 src="$BUILD/stable/qemu"
 obj="$BUILD/stable/obj"
 base_copy "$src"
-mkdir -p "$obj"
-if [ ! -f "$obj/build.ninja" ]; then
+want="${QEMU_CONFIGURE_ARGS[*]}"
+if [ ! -f "$obj/build.ninja" ] ||
+   [ "$(cat "$obj/.configure-args" 2>/dev/null)" != "$want" ]; then
+    rm -rf "$obj"
+    mkdir -p "$obj"
     say "configure the base in $obj"
     (cd "$obj" && "$src/configure" "${QEMU_CONFIGURE_ARGS[@]}") \
         >"$BUILD/stable/configure.log" 2>&1 ||
         die "configure failed (log: $BUILD/stable/configure.log)"
+    echo "$want" >"$obj/.configure-args"
 fi
+link_firmware "$obj"
+# The vhost-user test's back end is libvhost-user's, which two fixes change
+targets=(qemu-system-x86_64 contrib/vhost-user-blk/vhost-user-blk)
 step() {
-    ninja -C "$obj" qemu-system-x86_64 >"$BUILD/stable/build.log" 2>&1 || {
+    ninja -C "$obj" "${targets[@]}" >"$BUILD/stable/build.log" 2>&1 || {
         grep -E 'error|FAILED' "$BUILD/stable/build.log" | sed -n 1,20p >&2
-        die "$1 does not build"
+        die "$2 does not build"
     }
-    say "builds: $1"
+    cp "$obj/qemu-system-x86_64" "$obj/qemu-stable-$1"
+    cp "$obj/contrib/vhost-user-blk/vhost-user-blk" \
+       "$obj/vhost-user-blk-stable-$1"
+    say "builds: $2 (qemu-stable-$1)"
 }
-step "the base"
+step 0 "the base"
+n=0
 while read -r name; do
+    n=$((n + 1))
     (cd "$src" && patch -p1 -F0 -s --no-backup-if-mismatch <"$out/$name")
-    step "$name"
+    step "$n" "$name"
 done <"$out/series"
