@@ -40,7 +40,7 @@ create_base() {
     cp -a "$BUILD/base-src/." "$TREE/"
     cd "$TREE"
     git init -q -b master .
-    git config user.name "${GIT_AUTHOR_NAME:-qemu-postcopy}"
+    git config user.name "${GIT_AUTHOR_NAME:-qemu-postcopy developers}"
     git config user.email "${GIT_AUTHOR_EMAIL:-qemu-postcopy@localhost}"
     git config am.keepcr false
     git add -A -f .
