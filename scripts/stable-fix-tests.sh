@@ -2,9 +2,9 @@
 # Show each stable fix's bug: run the fix's own test against the base with
 # the fixes before it (build/stable/obj/qemu-stable-(N-1)) and with it
 # (qemu-stable-N).  The test must fail before and pass after.  Needs
-# `make stable-fixes` (which keeps those binaries) and, for the tests that
-# boot a Linux guest, `make guest`.  Slow (about 20 minutes); not part of
-# make check.
+# `make stable-fixes` (which keeps those binaries) and, for the tests
+# that boot a Linux guest, `make guest`.  Slow (about 12 minutes here);
+# not part of make check.
 #
 #   scripts/stable-fix-tests.sh [N ...]    (default: every fix)
 #
@@ -79,7 +79,8 @@ for n in "${wanted[@]}"; do
     say "fix $n: with 1-$before exit $b, with 1-$after exit $a: $verdict" \
         "(logs: $logs/fix$n-with-{$before,$after}.log)"
     # The line that says why the run before the fix failed
-    grep -m1 -E 'FAIL|ERROR|error|failed' "$logs/fix$n-with-$before.log" |
+    grep -m1 -E 'FAIL|ERROR|error|failed|lost memory' \
+        "$logs/fix$n-with-$before.log" |
         cut -c1-200 | sed 's/^/    before: /'
 done
 exit $failed
