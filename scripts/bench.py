@@ -213,6 +213,31 @@ def machine(args, accel_why):
             "loadavg_start": os.getloadavg()[1]}
 
 
+def place_cost(outdir):
+    """Microseconds a UFFDIO_COPY into fresh memory takes here, or None.
+
+    The destination's listen thread places every page so; on a virtual
+    machine whose hypervisor takes free memory back, the first write to a
+    fresh page faults in the hypervisor and costs several times the copy
+    (scripts/place-cost.c), and a run's results follow it.
+    """
+    exe = os.path.join(outdir, "place-cost")
+    if not os.path.exists(exe):
+        try:
+            subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror",
+                            "-o", exe,
+                            os.path.join(demo.TOP, "scripts", "place-cost.c")],
+                           check=True, capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            print(f"bench: scripts/place-cost.c did not build ({e}): the "
+                  "cost of placing a page is not recorded")
+            return None
+    try:
+        return float(sh([exe]))
+    except ValueError:
+        return None
+
+
 def binaries(args):
     tree = os.path.join(demo.BUILD, "qemu")
     dirty = sh(["git", "-C", tree, "status", "--porcelain",
@@ -422,6 +447,13 @@ def write_docs(data, outdir, name="benchmarks"):
         f"- load average (5 min) {m['loadavg_start']:.2f} at the start, "
         f"{m['loadavg_end']:.2f} at the end of the run",
         f"- accelerator: {m['accel']} ({m['accel_why']})",
+    ] + ([
+        "- placing a 4 KiB page into fresh memory, as the destination "
+        "does (UFFDIO_COPY, `scripts/place-cost.c`, 256 MiB): "
+        f"{m['place_cost_us_start']:.2f} us at the start, "
+        f"{m['place_cost_us_end']:.2f} us at the end of the run",
+    ] if m.get("place_cost_us_start") is not None and
+        m.get("place_cost_us_end") is not None else []) + [
         f"- {names['ours']}: `{rel(b['ours']['path'])}` built "
         f"{b['ours']['built']} from "
         f"`build/qemu` at {b['ours']['tree_head']} (base + "
@@ -732,6 +764,11 @@ def main():
         "runs": [],
     }
     ours_id = file_id(args.ours)
+    data["machine"]["place_cost_us_start"] = place_cost(outdir)
+    if data["machine"]["place_cost_us_start"] is not None:
+        print("bench: placing a page into fresh memory takes "
+              f"{data['machine']['place_cost_us_start']:.2f} us here "
+              "(scripts/place-cost.c)")
 
     plan = []
     for rep in range(args.reps):
@@ -789,6 +826,7 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
 
     data["machine"]["loadavg_end"] = os.getloadavg()[1]
+    data["machine"]["place_cost_us_end"] = place_cost(outdir)
     data["summary"] = summarize(data["runs"], args.modes)
     print_table(data["summary"], names)
     with open(os.path.join(outdir, "results.json"), "w") as f:
