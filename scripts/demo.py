@@ -246,7 +246,8 @@ class Migration:
         if accel == "tcg" and a.tcg_single:
             accel = "tcg,thread=single"
         cmd = [binary, "-accel", accel, "-m", a.ram,
-               "-smp", str(a.smp), "-nodefaults", "-display", "none", "-name", "debug-threads=on",
+               "-smp", str(a.smp), "-nodefaults", "-display", "none",
+               "-name", "debug-threads=on",
                "-kernel", os.path.join(GUEST, "vmlinuz"),
                "-initrd", os.path.join(GUEST, "initrd.img"),
                "-append", append, "-serial", "file:" + serial,

@@ -58,7 +58,8 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-    size_t len = (size_t)(argc > 1 ? atoi(argv[1]) : 256) << 20;
+    long mib = argc > 1 ? strtol(argv[1], NULL, 10) : 256;
+    size_t len = (size_t)mib << 20;
     struct uffdio_api api = { .api = UFFD_API };
     struct uffdio_register reg;
     static char src[PAGE];
@@ -67,7 +68,7 @@ int main(int argc, char **argv)
     char *mem;
     int uffd;
 
-    if (!len) {
+    if (mib <= 0 || argc > 2) {
         fprintf(stderr, "usage: place-cost [MIB]\n");
         return 2;
     }
