@@ -347,11 +347,31 @@ def switch_due(args, elapsed, ram):
     return elapsed >= args.precopy
 
 
+def host_cpu_ticks():
+    """The host's CPU time so far in clock ticks: (stolen, all).
+
+    In a virtual machine the hypervisor's share of its CPUs is /proc/stat's
+    steal column; a run that lost much of it is slow for that reason."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    # user nice system idle iowait irq softirq steal (guest is in user)
+    return ticks[7], sum(ticks)
+
+
+def stolen_pct(start, end):
+    """The percentage of the host's CPU time stolen between two
+    host_cpu_ticks() readings."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return round(100 * (end[0] - start[0]) / (end[1] - start[1]), 1)
+
+
 def watch(src, src_serial, dst_serial, args, t0, progress):
     """Poll until completion, switching to postcopy on time.
 
-    Returns (t_switch, t_done, statuses seen, MiB remaining at the switch)."""
-    t_switch = t_done = remaining_at_switch = None
+    Returns (t_switch, t_done, statuses seen, MiB remaining at the switch,
+    host_cpu_ticks() at the switch and at completion)."""
+    t_switch = t_done = remaining_at_switch = ticks_switch = None
     seen = []
     tty = sys.stdout.isatty()
     lead, tail = ("\r", "") if tty else ("", "\n")
@@ -374,6 +394,7 @@ def watch(src, src_serial, dst_serial, args, t0, progress):
         if (t_switch is None and not args.precopy_only and
                 switch_due(args, now - t0, ram)):
             remaining_at_switch = ram.get("remaining", 0) >> 20
+            ticks_switch = host_cpu_ticks()
             src.execute("migrate-start-postcopy")
             t_switch = now
         if progress and (tty or now - last_line >= 1.0):
@@ -385,9 +406,11 @@ def watch(src, src_serial, dst_serial, args, t0, progress):
         if now - t0 > args.timeout:
             raise RuntimeError(f"not complete after {args.timeout}s")
         time.sleep(0.2)
+    ticks_done = host_cpu_ticks()
     if progress and tty:
         print()
-    return t_switch, t_done, seen, remaining_at_switch
+    return (t_switch, t_done, seen, remaining_at_switch, ticks_switch,
+            ticks_done)
 
 
 def run_migration(args, workdir, src_bin, dst_bin, progress=True):
@@ -425,15 +448,17 @@ def run_migration(args, workdir, src_bin, dst_bin, progress=True):
                 "max-bandwidth": rate, "max-postcopy-bandwidth": rate})
         dst.execute("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
         # The guest's latency before any migration, for comparison.
+        ticks_baseline = host_cpu_ticks()
         until = time.monotonic() + args.baseline
         while time.monotonic() < until:
             src_serial.poll()
             time.sleep(0.2)
         src_serial.poll()
 
+        ticks_start = host_cpu_ticks()
         t0 = time.monotonic()
         src.execute("migrate", uri=f"tcp:127.0.0.1:{port}")
-        t_switch, t_done, seen, remaining = watch(
+        t_switch, t_done, seen, remaining, ticks_switch, ticks_done = watch(
             src, src_serial, dst_serial, args, t0, progress)
         src_info = src.execute("query-migrate")
         deadline = time.monotonic() + 30
@@ -478,6 +503,10 @@ def run_migration(args, workdir, src_bin, dst_bin, progress=True):
             "latency_postcopy": latency_summary(
                 dst_serial.lines, switch,
                 t_done + 1.0 if t_switch is not None else t_done),
+            "host_stolen_pct": {
+                "baseline": stolen_pct(ticks_baseline, ticks_start),
+                "postcopy": stolen_pct(ticks_switch, ticks_done),
+            },
             "guest_running": running == "running",
             "guest_progressing": len(after) >= 2,
             "corruption": corruption,
@@ -557,6 +586,11 @@ def print_summary(res):
           f"p99 {us(base.get('p99_us'))}, p99.9 {us(base.get('p999_us'))}, "
           f"worst {us(base.get('worst_us'))}, "
           f"over 1 ms {base.get('over_1ms')}")
+    stolen = res.get("host_stolen_pct") or {}
+    if stolen.get("postcopy") is not None:
+        print(f"  host CPU stolen {stolen['postcopy']}% during postcopy, "
+              f"{stolen.get('baseline')}% before the migration (the "
+              "hypervisor's share of this virtual machine's CPUs)")
     for line in res["flipped"]:
         print(f"  flip            {line}")
     running = "running" if res["guest_running"] else "NOT running"
