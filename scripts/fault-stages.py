@@ -14,7 +14,8 @@ every page the destination asked for through its stages:
             faulting threads                    (requested=1)
 
 and prints, for each step, the median, p90, p99 and worst over the pages
-that passed through both of its ends.  A page the background scan sent
+that passed through both of its ends, then the ten slowest pages step by
+step.  A page the background scan sent
 before the migration thread saw the request has no "picked"/"written".
 Tracing costs time too: compare runs traced alike, not with untraced ones.
 
@@ -87,6 +88,33 @@ def quantiles(values):
             values[-1])
 
 
+# How many of the slowest pages to show step by step
+SLOWEST = 10
+
+
+def slowest(times, n):
+    """Print the @n pages slowest from fault to placed, each step's time:
+    the tail of the distribution is where one step stands out."""
+    first, last = STAGES[0][1], STAGES[-1][1]
+    pages = sorted(((t[last] - t[first], key, t) for key, t in times.items()
+                    if first in t and last in t and t[last] >= t[first]),
+                   key=lambda x: x[0], reverse=True)[:n]
+    if not pages:
+        return
+    print(f"the {len(pages)} slowest pages, us in each step "
+          "('-': the page skipped it):")
+    for total, (block, offset), t in pages:
+        steps, prev = [], t[first]
+        for name, event in STAGES[1:]:
+            if event in t:
+                steps.append(f"{name} {(t[event] - prev) * 1e6:.0f}")
+                prev = t[event]
+            else:
+                steps.append(f"{name} -")
+        print(f"  {total * 1e6:8.0f} {block}+0x{offset:x}: " +
+              ", ".join(steps))
+
+
 def report(times):
     names = [s for s, _ in STAGES]
     print(f"{'step':24} {'pages':>7} {'p50 us':>9} {'p90 us':>9} "
@@ -102,6 +130,7 @@ def report(times):
         if qs:
             print(f"{label:24} {qs[0]:7} {qs[1]:9.0f} {qs[2]:9.0f} "
                   f"{qs[3]:9.0f} {qs[4]:10.0f}")
+    slowest(times, SLOWEST)
     asked = sum(1 for t in times.values() if "postcopy_page_req_add" in t)
     picked = sum(1 for t in times.values() if "get_queued_page" in t)
     print(f"pages asked for {asked}, taken from the queue {picked} "
