@@ -370,7 +370,7 @@ def watch(src, src_serial, dst_serial, args, t0, progress):
     """Poll until completion, switching to postcopy on time.
 
     Returns (t_switch, t_done, statuses seen, MiB remaining at the switch,
-    host_cpu_ticks() at the switch and at completion)."""
+    host_cpu_ticks() at the switch)."""
     t_switch = t_done = remaining_at_switch = ticks_switch = None
     seen = []
     tty = sys.stdout.isatty()
@@ -406,11 +406,9 @@ def watch(src, src_serial, dst_serial, args, t0, progress):
         if now - t0 > args.timeout:
             raise RuntimeError(f"not complete after {args.timeout}s")
         time.sleep(0.2)
-    ticks_done = host_cpu_ticks()
     if progress and tty:
         print()
-    return (t_switch, t_done, seen, remaining_at_switch, ticks_switch,
-            ticks_done)
+    return t_switch, t_done, seen, remaining_at_switch, ticks_switch
 
 
 def run_migration(args, workdir, src_bin, dst_bin, progress=True):
@@ -458,8 +456,9 @@ def run_migration(args, workdir, src_bin, dst_bin, progress=True):
         ticks_start = host_cpu_ticks()
         t0 = time.monotonic()
         src.execute("migrate", uri=f"tcp:127.0.0.1:{port}")
-        t_switch, t_done, seen, remaining, ticks_switch, ticks_done = watch(
+        t_switch, t_done, seen, remaining, ticks_switch = watch(
             src, src_serial, dst_serial, args, t0, progress)
+        ticks_done = host_cpu_ticks()
         src_info = src.execute("query-migrate")
         deadline = time.monotonic() + 30
         while True:

@@ -15,8 +15,8 @@ every page the destination asked for through its stages:
 
 and prints, for each step, the median, p90, p99 and worst over the pages
 that passed through both of its ends, then the ten slowest pages step by
-step.  A page the background scan sent
-before the migration thread saw the request has no "picked"/"written".
+step.  A page the background scan sent before the migration thread saw
+the request has no "picked"/"written".
 Tracing costs time too: compare runs traced alike, not with untraced ones.
 
   scripts/fault-stages.py [demo options]   e.g. --bandwidth unlimited

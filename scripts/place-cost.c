@@ -58,7 +58,8 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-    long mib = argc > 1 ? strtol(argv[1], NULL, 10) : 256;
+    char *end = NULL;
+    long mib = argc > 1 ? strtol(argv[1], &end, 10) : 256;
     size_t len = (size_t)mib << 20;
     struct uffdio_api api = { .api = UFFD_API };
     struct uffdio_register reg;
@@ -68,7 +69,7 @@ int main(int argc, char **argv)
     char *mem;
     int uffd;
 
-    if (mib <= 0 || argc > 2) {
+    if (mib <= 0 || argc > 2 || (end && (end == argv[1] || *end))) {
         fprintf(stderr, "usage: place-cost [MIB]\n");
         return 2;
     }
