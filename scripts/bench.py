@@ -35,6 +35,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import demo  # noqa: E402
@@ -97,6 +98,10 @@ MODES = {
                    {"workload_mib": 512}),
     "128M-wl2048": ("128M with a workload of 2 GiB (a 3 GiB guest)",
                     {"workload_mib": 2048, "ram": "3G"}),
+    "128M-wl512-smp1": ("128M-wl512 with 1 vCPU",
+                        {"workload_mib": 512, "smp": 1}),
+    "128M-wl2048-smp1": ("128M-wl2048 with 1 vCPU",
+                         {"workload_mib": 2048, "ram": "3G", "smp": 1}),
 }
 DEFAULT_MODES = "128M,128M-preempt,libvirt"
 # A run whose host lost more of its CPU time than this to its hypervisor
@@ -275,6 +280,38 @@ def stolen_verdict(res, limit):
             f"{limit}%")
 
 
+def busy_steal_pct(window):
+    """The share of the host's CPU time its hypervisor took in @window
+    seconds while every CPU was kept busy: an idle virtual machine asks
+    for little and is seldom refused, so only a busy one shows whether
+    the hypervisor would give it the CPUs a migration needs."""
+    spin = ("import time\nend = time.monotonic() + %f\n"
+            "while time.monotonic() < end:\n    pass\n" % window)
+    start = demo.host_cpu_ticks()
+    procs = [subprocess.Popen([sys.executable, "-c", spin])
+             for _ in range(os.cpu_count() or 1)]
+    for p in procs:
+        p.wait()
+    return demo.stolen_pct(start, demo.host_cpu_ticks())
+
+
+def wait_for_quiet_host(limit, longest, window=2.0):
+    """Wait, at most @longest seconds, for a @window in which the host's
+    hypervisor took at most @limit% of its CPU time with every CPU busy:
+    it takes it in waves of minutes, and a migration started in one is
+    not counted.  Returns the seconds waited and the last window's
+    share."""
+    waited, pct = 0.0, None
+    if longest <= 0:
+        return waited, pct
+    while True:
+        pct = busy_steal_pct(window)
+        if pct is None or pct <= limit or waited >= longest:
+            return waited, pct
+        time.sleep(3 * window)
+        waited += 4 * window
+
+
 def run_one(args, workdir, binary):
     """One migration from @binary to itself, in a fresh @workdir."""
     shutil.rmtree(workdir, ignore_errors=True)
@@ -442,6 +479,143 @@ def describe_mode(st):
             f"{'on' if st['preempt'] else 'off'}")
 
 
+# The targets one channel is held to, with one vCPU: (metric, which
+# figure of its row: ours' median or ours/stock, "max" or "min", the
+# bound, what it says)
+TARGETS = [
+    ("over_1ms_per_1000_requests", "ours", "max", 1,
+     "accesses over 1 ms per 1000 pages requested: at most 1"),
+    ("fault_p99_us", "ours", "max", 1024,
+     "fault latency p99 (bucket bound, us): at most 1 ms"),
+    ("fault_worst_us", "ours", "max", 5000,
+     "fault latency worst (bucket bound, us): at most 5 ms"),
+    ("blocktime_ms", "ratio", "max", 0.5,
+     "blocktime: at most 0.5x stock's"),
+    ("accesses_per_s", "ratio", "min", 2,
+     "accesses per second: at least 2x stock's"),
+]
+# Rows given as the upper bounds of log2 buckets: a value whose bucket
+# straddles a bound is neither met nor missed
+BUCKET_KEYS = ("p50_us", "p99_us", "p999_us", "stall_p50_us",
+               "fault_p50_us", "fault_p99_us", "fault_worst_us")
+# One channel is to stay within this of preempt on every latency row
+PREEMPT_FACTOR = 1.5
+LATENCY_KEYS = ("p50_us", "p99_us", "p999_us", "worst_us", "stall_p50_us",
+                "over_1ms", "over_1ms_per_1000_requests", "fault_mean_us",
+                "fault_p50_us", "fault_p99_us", "fault_worst_us")
+
+
+def judge(key, value, kind, bound):
+    """'met', 'not met' or 'not known' for @value against @bound."""
+    if value is None:
+        return "not known"
+    if kind == "min":
+        return "met" if value >= bound else "not met"
+    if value <= bound:
+        return "met"
+    if key in BUCKET_KEYS and value / 2 < bound:
+        return "not known"      # the bucket holds values on both sides
+    return "not met"
+
+
+def targets_section(data):
+    """Markdown judging the run's one-vCPU, one-channel modes against
+    TARGETS, each against its preempt twin, and across workload sizes;
+    [] where the run has no such mode."""
+    c, summary = data["config"], data["summary"]
+    st = c["mode_settings"]
+    judged = [m for m in c["modes"] if st[m]["smp"] == 1 and
+              not st[m]["preempt"] and m in summary]
+    if not judged:
+        return []
+    ours, stock = c["names"]["ours"], c["names"]["stock"]
+
+    def twin(mode):
+        want = dict(st[mode], preempt=True)
+        return next((m for m in c["modes"] if st[m] == want and
+                     m in summary), None)
+
+    lines = [
+        "## One channel against its targets", "",
+        "Each mode with one vCPU and postcopy-preempt off, judged on the "
+        f"medians above (the median of {ours}, or {ours}/{stock} where "
+        "the target is a ratio). Bucket rows are upper bounds of powers "
+        "of two: a median whose bucket holds values on both sides of a "
+        "bound is not known.", "",
+        "| target | " + " | ".join(judged) + " |",
+        "| --- |" + " --- |" * len(judged),
+    ]
+    for key, which, kind, bound, what in TARGETS:
+        cells = []
+        for mode in judged:
+            v = summary[mode][key][which]
+            cells.append(f"{fmt(v)}{'x' if which == 'ratio' and v else ''}"
+                         f": {judge(key, v, kind, bound)}")
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    cells = []
+    pairs = []
+    for mode in judged:
+        pre = twin(mode)
+        if pre is None:
+            cells.append("no preempt mode in this run")
+            continue
+        pairs.append((mode, pre))
+        rows = {"not met": [], "not known": []}
+        for key in LATENCY_KEYS:
+            one, two = summary[mode][key]["ours"], summary[pre][key]["ours"]
+            if one is None or two is None:
+                continue
+            verdict = judge(key, one, "max", PREEMPT_FACTOR * two)
+            if verdict != "met":
+                rows[verdict].append(f"{label_of(key)} {fmt(one)} against "
+                                     f"{fmt(two)}")
+        why = "; ".join(", ".join(rows["not met"]) if v == "not met" else
+                        "not known: " + ", ".join(rows[v])
+                        for v in rows if rows[v])
+        verdict = ("not met" if rows["not met"] else
+                   "not known" if rows["not known"] else "met")
+        cells.append(f"against {pre}: {verdict}" +
+                     (f" ({why})" if why else ""))
+    lines.append(f"| within {PREEMPT_FACTOR}x of preempt on every latency "
+                 "row | " + " | ".join(cells) + " |")
+    for mode, pre in pairs:
+        lines += ["", f"{ours}, {mode} against {pre}:", "",
+                  f"| | {mode} | {pre} | one channel/preempt |",
+                  "| --- | ---: | ---: | ---: |"]
+        for key in LATENCY_KEYS:
+            one, two = summary[mode][key]["ours"], summary[pre][key]["ours"]
+            ratio = round(one / two, 2) if one is not None and two else None
+            lines.append(f"| {label_of(key)} | {fmt(one)} | {fmt(two)} | "
+                         f"{fmt(ratio)} |")
+    # The same mode at several sizes of workload
+    groups = {}
+    for mode in judged:
+        rest = {k: v for k, v in st[mode].items()
+                if k not in ("workload_mib", "ram")}
+        groups.setdefault(json.dumps(rest, sort_keys=True), []).append(mode)
+    for modes in groups.values():
+        if len({st[m]["workload_mib"] for m in modes}) < 2:
+            continue
+        modes.sort(key=lambda m: st[m]["workload_mib"])
+        lines += ["", "As the work grows (" + ", ".join(modes) + "):", "",
+                  "| workload (MiB) | blocktime per page requested, "
+                  f"{ours} (ms) | fault latency mean, {ours} (us) | "
+                  f"blocktime, {ours}/{stock} | accesses over 1 ms, "
+                  f"{ours}/{stock} | accesses per second, {ours}/{stock} "
+                  "|",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for m in modes:
+            row = summary[m]
+            lines.append(
+                f"| {st[m]['workload_mib']} | "
+                f"{fmt(row['blocktime_per_request_ms']['ours'])} | "
+                f"{fmt(row['fault_mean_us']['ours'])} | "
+                f"{fmt(row['blocktime_ms']['ratio'])} | "
+                f"{fmt(row['over_1ms']['ratio'])} | "
+                f"{fmt(row['accesses_per_s']['ratio'])} |")
+    return lines + [""]
+
+
 def write_docs(data, outdir, name="benchmarks"):
     """docs/@name.md, its picture and its results from the run in
     @outdir"""
@@ -584,7 +758,8 @@ def write_docs(data, outdir, name="benchmarks"):
             f"{fmt(lat.get('over_1ms'))} | "
             f"{fmt((res.get('host_stolen_pct') or {}).get('postcopy'))} | "
             f"{'yes' if r['counted'] else 'no'} |")
-    lines += ["", "## How to read it", ""] + HOW_TO_READ
+    lines += [""] + targets_section(data)
+    lines += ["## How to read it", ""] + HOW_TO_READ
     notes = c.get("notes")
     if notes:
         lines += ["", "## Notes on this run", ""] + [f"- {n}" for n in notes]
@@ -752,6 +927,12 @@ def parser():
     ap.add_argument("--stolen-retries", type=int, default=2, metavar="N",
                     help="run such a run again, up to N more times "
                     "(default 2)")
+    ap.add_argument("--quiet-wait", type=float, default=300,
+                    metavar="SECONDS",
+                    help="before each migration, wait up to SECONDS for "
+                    "2 s in which the hypervisor took at most "
+                    "--max-stolen of the CPU with every CPU busy "
+                    "(default 300; 0: do not wait)")
     ap.add_argument("--note", action="append", default=[],
                     help="a line for the docs' notes on this run")
     ap.add_argument("--update-docs", action="store_true",
@@ -770,8 +951,10 @@ def parser():
 def main():
     ap = parser()
     args = ap.parse_args()
-    if args.stolen_retries < 0 or (args.max_stolen or 0) < 0:
-        ap.error("--stolen-retries and --max-stolen cannot be negative")
+    if (args.stolen_retries < 0 or (args.max_stolen or 0) < 0 or
+            args.quiet_wait < 0):
+        ap.error("--stolen-retries, --max-stolen and --quiet-wait cannot "
+                 "be negative")
     if args.docs_from:
         return docs_from(ap, args.docs_from, args.note, args.docs_name,
                          args.max_stolen)
@@ -847,7 +1030,14 @@ def main():
             args.blocktime = not (impl == "stock" and args.stock_no_blocktime)
             args.globals = getattr(args, f"{impl}_globals")
             for attempt in range(1 + args.stolen_retries):
+                waited, pct = wait_for_quiet_host(args.max_stolen,
+                                                  args.quiet_wait)
+                if waited:
+                    print(f"bench: waited {waited:.0f} s for the host's "
+                          f"hypervisor to take at most {args.max_stolen}% "
+                          f"of its CPU (the last {pct}%)", flush=True)
                 res = run_one(args, workdir, binary)
+                res["waited_for_quiet_host_s"] = waited
                 verdict = demo_verdict = classify(res)
                 if "error" in res or not res["ok"]:
                     bad += 1
